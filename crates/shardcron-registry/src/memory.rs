@@ -1,0 +1,2 @@
+pub struct MemoryRegistry;
+pub struct MemoryRegistryOptions;
