@@ -43,7 +43,8 @@ pub struct Lease {
 pub struct RangeRequest {
     /// Keys starting with this prefix (empty: every key).
     pub prefix: Vec<u8>,
-    /// Start at this key (inclusive) instead of the prefix start, for paging.
+    /// Only keys strictly after this key (exclusive), for paging: pass the last key
+    /// of the previous page.
     pub start_after: Option<Vec<u8>>,
     /// At most this many keys (0: no limit).
     pub limit: usize,
@@ -279,6 +280,9 @@ impl Txn {
                 return Err(InvalidRequest("compare on an empty key".into()));
             }
         }
+        for branch in [&self.then, &self.otherwise] {
+            check_duplicate_writes(branch)?;
+        }
         for op in self.then.iter().chain(&self.otherwise) {
             match op {
                 TxnOp::Put { key, lease, .. } => {
@@ -304,6 +308,39 @@ impl Txn {
         }
         Ok(())
     }
+}
+
+/// etcd refuses a branch that writes the same key twice ("duplicate key given in txn
+/// request"), including a put under a deleted prefix; so do we, on every backend.
+fn check_duplicate_writes(ops: &[TxnOp]) -> Result<()> {
+    let mut puts: Vec<&[u8]> = Vec::new();
+    let mut deletes: Vec<(&[u8], bool)> = Vec::new();
+    for op in ops {
+        match op {
+            TxnOp::Put { key, .. } => puts.push(key),
+            TxnOp::Delete { key } => deletes.push((key, false)),
+            TxnOp::DeletePrefix { prefix } => deletes.push((prefix, true)),
+            _ => {}
+        }
+    }
+    let mut sorted = puts.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(crate::RegistryError::InvalidRequest(
+            "duplicate key given in txn request: a branch puts the same key twice".into(),
+        ));
+    }
+    for key in &puts {
+        for (d, is_prefix) in &deletes {
+            if (*is_prefix && key.starts_with(d)) || (!*is_prefix && key == d) {
+                return Err(crate::RegistryError::InvalidRequest(
+                    "duplicate key given in txn request: a branch puts and deletes the same key"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The result of one [`TxnOp`].

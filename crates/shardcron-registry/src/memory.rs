@@ -1,2 +1,0 @@
-pub struct MemoryRegistry;
-pub struct MemoryRegistryOptions;
