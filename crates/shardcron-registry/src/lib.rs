@@ -4,7 +4,7 @@
 //! create revision, mod revision, version and lease; leases with a TTL; atomic
 //! compare-and-swap transactions; watches from a revision), so that the embedded
 //! [`MemoryRegistry`] and the etcd backend behave the same and one conformance kit
-//! ([`conformance`], feature `conformance`) tests both.
+//! (module `conformance`, feature `conformance`) tests both.
 
 mod error;
 pub mod memory;

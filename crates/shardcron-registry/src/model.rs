@@ -389,8 +389,9 @@ pub enum EventKind {
 pub struct WatchEvent {
     /// Put or delete.
     pub kind: EventKind,
-    /// The pair after the event; for a delete, the key with an empty value and
-    /// `mod_revision` set to the deletion's revision.
+    /// The pair after the event. For a delete (as in etcd): the key, an empty
+    /// value, `mod_revision` set to the deletion's revision, and create revision,
+    /// version and lease 0.
     pub kv: KeyValue,
     /// The pair before the event, if the key existed.
     pub prev: Option<KeyValue>,
@@ -403,7 +404,9 @@ impl WatchEvent {
     }
 }
 
-/// The events of one or more consecutive revisions, in order.
+/// The events of one revision (or of several consecutive revisions), in order: the
+/// events of one transaction come in operation order (a delete-prefix in key order),
+/// and the events of one revision are never split across batches.
 pub type WatchBatch = Vec<WatchEvent>;
 
 /// A stream of watch events. Dropping it cancels the watch.

@@ -1,15 +1,15 @@
 //! The embedded registry: the whole [`Registry`] model in process memory, with
-//! optional persistence to a data dir (see [`wal`] for the file format).
+//! optional persistence to a data dir (the file format is described in `memory/wal.rs`).
 //!
-//! Every operation takes one lock, applies itself to the [`store::Store`] state
-//! machine and, when persistence is on, waits until its revision is on disk before
+//! Every operation takes one lock, applies itself to the store state machine
+//! (`memory/store.rs`) and, when persistence is on, waits until its revision is on disk before
 //! answering (group commit: one sync covers every write that queued behind it).
 //! Watch events and reads may show a write a moment before it is durable; that is
 //! safe because anything that acts on it with an effect outside the process (a
 //! claim, a fencing token) is itself a later write and waits for the disk, and the
 //! log is written in revision order.
 //!
-//! Lease deadlines are kept on the [`Clock`]'s monotonic time. Expired leases are
+//! Lease deadlines are kept on the [`shardcron_core::Clock`]'s monotonic time. Expired leases are
 //! revoked before every operation and by a background timer, so a test that
 //! advances a [`shardcron_core::ManualClock`] sees expiry on its next call.
 
