@@ -1,14 +1,213 @@
-//! Job specifications: the `[[job]]` tables of a job file (DESIGN.md section 9),
-//! their defaults, parsing from TOML and JSON, and validation.
+//! Job specifications: the `[[job]]` tables of a job file, their defaults, and how
+//! they are read from TOML and JSON and validated.
 //!
-//! SKELETON: types are fixed; parsing and validation bodies are being implemented.
+//! This documentation is the reference for the job file format. A commented example
+//! to start from is `examples/jobs.toml` in the repository.
+//!
+//! # The job file
+//!
+//! A job file is TOML holding one `[[job]]` table per job, in any order:
+//!
+//! ```toml
+//! [[job]]
+//! name = "sync-orders"
+//! every = "5s"
+//! shards = 4
+//! shard_params = "0=north,1=south,2=east,3=west"
+//! command = ["./scripts/sync-orders.sh", "--batch", "500"]
+//! timeout = "30s"
+//! retries = { max = 3, initial = "1s", max_delay = "30s" }
+//!
+//! [[job]]
+//! name = "nightly-report"
+//! cron = "30 2 * * *"
+//! tz = "Europe/Berlin"
+//! kind = "reports.nightly"   # a Rust handler registered through the SDK
+//! ```
+//!
+//! `job` is the only top-level key a job file may have. A file that is empty, or that
+//! has no `[[job]]` table, is valid and defines no jobs. Two jobs of one file may not
+//! share a name.
+//!
+//! # Fields of a `[[job]]` table
+//!
+//! Only `name`, a schedule, and what to run (`kind` and/or `command`) are required.
+//! Every other field has the default shown.
+//!
+//! ## Identity
+//!
+//! | field | type | default | meaning |
+//! |---|---|---|---|
+//! | `name` | string | required | 1-128 characters of ASCII letters, digits, `.`, `_` and `-`; unique in its namespace |
+//! | `description` | string | `""` | free text for people |
+//!
+//! ## Schedule: exactly one of
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `cron` | string | a cron expression: 5 fields `minute hour day-of-month month day-of-week` (e.g. `"*/10 * * * *"`), 6 with a leading second, or 7 with a trailing year; syntax in [`crate::schedule`] |
+//! | `tz` | string | only with `cron`: the IANA time zone the expression is read in, e.g. `"Europe/Berlin"`; default `"UTC"` |
+//! | `every` | duration | fixed rate: fires every interval, whatever the runs take; must be greater than zero |
+//! | `delay` | duration | fixed delay: fires this long after the item's previous run completed; must be greater than zero |
+//! | `at` | RFC 3339 string or TOML offset datetime | once, at this instant, e.g. `at = 2030-01-01T03:00:00Z` or `at = "2030-01-01T04:00:00+01:00"`; the UTC offset is required |
+//! | `manual` | boolean | `manual = true`: never fires by itself, only when triggered through the API, the CLI or the console (`manual = false` sets nothing) |
+//!
+//! Setting none of them, or more than one, is an error; so is `tz` without `cron`.
+//!
+//! ## Sharding
+//!
+//! | field | type | default | meaning |
+//! |---|---|---|---|
+//! | `shards` | integer | `1` | number of sharding items, 1 to 10000; each fire runs items `0` to `shards - 1` |
+//! | `shard_params` | string | `""` | per-item parameters, `"0=north,1=south"`; see below |
+//! | `param` | string | `""` | job-wide parameter, given to every item |
+//! | `strategy` | string | `"average"` | how items are split across instances: `average`, `odevity`, `round_robin`, `weighted`, `consistent` |
+//! | `labels` | table of strings | `{}` | instance labels required to run the job, e.g. `labels = { region = "eu", role = "worker" }`; keys are one or more of `A-Z a-z 0-9 . _ / -`, values are not empty |
+//!
+//! `shard_params` is a comma-separated list of `N=value` entries. `N` is an item
+//! number below `shards`, given at most once; the value is everything after the first
+//! `=` (it may itself contain `=`, but not `,`). Spaces around entries, item numbers
+//! and values are ignored. Items without an entry get an empty item parameter. An
+//! empty string means no entries.
+//!
+//! ## What runs
+//!
+//! | field | type | default | meaning |
+//! |---|---|---|---|
+//! | `kind` | string | `"script"` when `command` is given, else required | `"script"`, `"http"`, or the name of a Rust handler registered through the SDK (1-128 of `A-Z a-z 0-9 . _ - :`) |
+//! | `command` | array of strings | required for scripts | the program and its arguments, run without a shell, e.g. `["./scripts/sync.sh", "--fast"]`; the first element may not be empty; only for `kind = "script"` |
+//!
+//! `kind = "http"` is reserved for HTTP jobs; their fields are not defined yet, so an
+//! HTTP job currently takes no kind-specific field.
+//!
+//! ## Running
+//!
+//! | field | type | default | meaning |
+//! |---|---|---|---|
+//! | `timeout` | duration | none | longest a run may take before it is stopped; greater than zero |
+//! | `retries` | integer or table | `0` | further attempts after a failed one; see below |
+//! | `failover` | boolean | `true` | re-run a fire on another instance when the instance running it dies |
+//! | `misfire` | string or table | `"fire_once"` | what to do with fires that could not run on time; see below |
+//! | `catch_up_max` | integer | `10` | with `misfire = "catch_up"` only: most missed fires to run, 1 to 10000 |
+//! | `max_concurrent` | integer | none (unbounded) | most runs of this job at once on one instance, at least 1 |
+//! | `enabled` | boolean | `true` | whether the job fires; a disabled job can still be triggered by hand |
+//! | `overwrite` | boolean | `false` | whether an agent starting with this file replaces the copy of the job already in the registry (edits made through the API or console) |
+//!
+//! `retries` is either the number of further attempts, 0 to 100 (`retries = 3`), or a
+//! table `retries = { max = 3, initial = "1s", max_delay = "1m" }`:
+//!
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `max` | integer | required in the table form | further attempts, 0 to 100 |
+//! | `initial` | duration | `"1s"` | delay before the first retry, greater than zero; later delays grow exponentially, with jitter |
+//! | `max_delay` | duration | `"1m"`, or `initial` when that is longer | upper bound of a delay; at least `initial` |
+//!
+//! `misfire` is one of
+//!
+//! - `"fire_once"` (default): all fires missed while the job could not run become one
+//!   run, as soon as possible;
+//! - `"skip"`: missed fires are dropped, the job waits for its next fire;
+//! - `"catch_up"`: every missed fire runs, at most `catch_up_max` of them (default 10).
+//!
+//! The table form `misfire = { policy = "catch_up", max = 5 }` says the same as
+//! `misfire = "catch_up"` with `catch_up_max = 5`; `max` is only allowed with
+//! `catch_up`, and only one of `misfire.max` and `catch_up_max` may be given. The
+//! policy also governs a fire that arrives while the previous run of the same item is
+//! still going.
+//!
+//! ## Durations
+//!
+//! A duration is a string of number-and-unit pairs: `"500ms"`, `"30s"`, `"5m"`,
+//! `"1h30m"`, `"1d"` (units `ms`, `s`, `m`, `h`, `d`). A bare number such as
+//! `timeout = 30` is refused, so that it cannot be misread.
+//!
+//! # Validation
+//!
+//! Reading a file checks every field of every job and reports all problems at once
+//! ([`JobErrors`]), one per line, each naming the job, the field and what is wrong:
+//!
+//! ```text
+//! job "orders": shards: must be between 1 and 10000, got 0
+//! job "orders": colour: unknown field
+//! job "orders": timeout: expected a duration string such as "30s", got an integer
+//! job "#3": name: missing
+//! ```
+//!
+//! A job whose name is missing or invalid is called `#N`, its position in the file
+//! counting from 1. Unknown fields are errors, so that a typo does not silently fall
+//! back to a default; a close known field is suggested when there is one. A TOML
+//! syntax error is reported alone, as field `(file)`, with its line and column.
+//!
+//! # JSON form
+//!
+//! Jobs are stored in the registry and exchanged over the REST API as JSON objects
+//! with the same fields as a `[[job]]` table ([`JobSpec::to_json`],
+//! [`JobSpec::from_json`]); a whole file is `{"job": [ ... ]}` ([`JobFile::from_json`]).
+//! The JSON written by [`JobSpec::to_json`] is deterministic and reads back to the
+//! same spec:
+//!
+//! - keys in alphabetical order; every field is written, except the schedule fields
+//!   that do not apply, `command` (scripts only), `catch_up_max` (only with
+//!   `"catch_up"`), and `timeout` and `max_concurrent` when not set;
+//! - the schedule as its one field; `tz` is always written with `cron` (`"UTC"` by
+//!   default); `at` as RFC 3339 in UTC, e.g. `"2030-01-01T03:00:00Z"`;
+//! - durations as strings in their shortest form (`"1m30s"`);
+//! - `shard_params` as its string form (`""` when there are none), `retries` as a
+//!   table with all three keys, `misfire` as a string, `labels` as an object.
+//!
+//! When reading JSON, `null` is the same as an absent field.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::schedule::Schedule;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::duration::{HumanDuration, parse_duration};
+use crate::schedule::{CronSchedule, Schedule, ScheduleError, parse_tz};
 use crate::sharding::Strategy;
+
+/// Most sharding items a job may have.
+pub const MAX_SHARDS: u32 = 10_000;
+/// Most retries a job may ask for.
+pub const MAX_RETRIES: u32 = 100;
+/// Most missed fires a `catch_up` misfire policy may run.
+pub const MAX_CATCH_UP: u32 = 10_000;
+/// Missed fires run by `misfire = "catch_up"` when `catch_up_max` is not given.
+pub const DEFAULT_CATCH_UP_MAX: u32 = 10;
+
+/// Longest job or handler name, in characters.
+const MAX_NAME_LEN: usize = 128;
+
+/// The fields of a `[[job]]` table, in the order [`JobSpec::to_toml`] writes them.
+const JOB_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "cron",
+    "tz",
+    "every",
+    "delay",
+    "at",
+    "manual",
+    "shards",
+    "shard_params",
+    "param",
+    "kind",
+    "command",
+    "timeout",
+    "retries",
+    "failover",
+    "misfire",
+    "catch_up_max",
+    "strategy",
+    "labels",
+    "overwrite",
+    "enabled",
+    "max_concurrent",
+];
+const RETRY_FIELDS: &[&str] = &["max", "initial", "max_delay"];
+const MISFIRE_FIELDS: &[&str] = &["policy", "max"];
+const FILE_FIELDS: &[&str] = &["job"];
 
 /// A validated job name: 1-128 characters of ASCII letters, digits, `.`, `_`, `-`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,8 +216,17 @@ pub struct JobName(String);
 impl JobName {
     /// Validate a job name.
     pub fn new(name: &str) -> Result<JobName, String> {
-        let _ = name;
-        todo!()
+        let valid = (1..=MAX_NAME_LEN).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            Ok(JobName(name.to_owned()))
+        } else {
+            Err(format!(
+                "must be 1-128 characters of letters, digits, '.', '_' and '-', got {name:?}"
+            ))
+        }
     }
 
     /// The name.
@@ -180,27 +388,2213 @@ pub struct JobFile {
 impl JobFile {
     /// Parse and validate a TOML job file.
     pub fn from_toml(text: &str) -> Result<JobFile, JobErrors> {
-        let _ = text;
-        todo!()
+        let root = text
+            .parse::<toml::Table>()
+            .map_err(|e| JobErrors(vec![toml_syntax_problem(text, &e)]))?;
+        let root = Val::from_toml(toml::Value::Table(root));
+        JobFile::from_val(&root, "a TOML document")
     }
 
     /// Parse and validate the JSON form (`{"job": [ ... ]}`).
     pub fn from_json(text: &str) -> Result<JobFile, JobErrors> {
-        let _ = text;
-        todo!()
+        let root = serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| JobErrors(vec![json_syntax_problem("(file)", &e)]))?;
+        JobFile::from_val(&Val::from_json(&root), "a JSON object")
+    }
+
+    /// The file as TOML, one `[[job]]` table per job; [`JobFile::from_toml`] reads it
+    /// back to the same jobs.
+    pub fn to_toml(&self) -> String {
+        let blocks: Vec<String> = self.jobs.iter().map(JobSpec::to_toml).collect();
+        blocks.join("\n")
+    }
+
+    fn from_val(root: &Val, expected: &str) -> Result<JobFile, JobErrors> {
+        let mut problems = Vec::new();
+        let jobs = match root {
+            Val::Table(t) => read_file(t, &mut problems),
+            other => {
+                problems.push(Problem {
+                    job: None,
+                    field: "(file)".to_owned(),
+                    message: format!("expected {expected}, got {}", other.type_name()),
+                });
+                Vec::new()
+            }
+        };
+        if problems.is_empty() {
+            Ok(JobFile { jobs })
+        } else {
+            Err(JobErrors(problems))
+        }
     }
 }
 
 impl JobSpec {
-    /// Parse and validate one job from its JSON form (as stored in the registry and
-    /// sent to the API).
-    pub fn from_json(text: &str) -> Result<JobSpec, JobErrors> {
-        let _ = text;
-        todo!()
+    /// A job with every optional field at its default: no description, one shard,
+    /// no parameters, no timeout, no retries, failover on, `fire_once` misfires,
+    /// `average` strategy, no labels, not overwriting, enabled, unbounded concurrency.
+    pub fn new(name: JobName, schedule: Schedule, kind: JobKind) -> JobSpec {
+        JobSpec {
+            name,
+            description: String::new(),
+            schedule,
+            shards: 1,
+            shard_params: BTreeMap::new(),
+            param: String::new(),
+            kind,
+            timeout: None,
+            retries: RetryPolicy::default(),
+            failover: true,
+            misfire: MisfirePolicy::default(),
+            strategy: Strategy::Average,
+            labels: BTreeMap::new(),
+            overwrite: false,
+            enabled: true,
+            max_concurrent: None,
+        }
     }
 
-    /// The JSON form, with the same field names as the job file.
+    /// Parse and validate one job from its JSON form (as stored in the registry and
+    /// sent to the API). Problems name no job when the name itself is unusable.
+    pub fn from_json(text: &str) -> Result<JobSpec, JobErrors> {
+        let value = serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| JobErrors(vec![json_syntax_problem("(document)", &e)]))?;
+        JobSpec::from_json_value(&value)
+    }
+
+    /// Validate one job given as an already parsed JSON value (e.g. a REST request
+    /// body). Problems name no job when the name itself is unusable.
+    pub fn from_json_value(value: &serde_json::Value) -> Result<JobSpec, JobErrors> {
+        let mut problems = Vec::new();
+        let spec = match Val::from_json(value) {
+            Val::Table(t) => read_job(&t, None, &mut problems),
+            other => {
+                problems.push(Problem {
+                    job: None,
+                    field: "(document)".to_owned(),
+                    message: format!("expected a JSON object, got {}", other.type_name()),
+                });
+                None
+            }
+        };
+        match spec {
+            Some(spec) if problems.is_empty() => Ok(spec),
+            _ if problems.is_empty() => Err(JobErrors(vec![Problem {
+                job: None,
+                field: "(document)".to_owned(),
+                message: "invalid job".to_owned(),
+            }])),
+            _ => Err(JobErrors(problems)),
+        }
+    }
+
+    /// Check a spec built in code against the rules of the job file, and that its
+    /// JSON form reads back to the same spec (it does not when a `shard_params` value
+    /// contains `,` or surrounding spaces, or a duration is finer than a millisecond).
+    pub fn validate(&self) -> Result<(), JobErrors> {
+        let back = JobSpec::from_json_value(&self.to_json())?;
+        if back == *self {
+            return Ok(());
+        }
+        let field = if back.shard_params != self.shard_params {
+            "shard_params"
+        } else if back.schedule != self.schedule {
+            "schedule"
+        } else if back.timeout != self.timeout {
+            "timeout"
+        } else if back.retries != self.retries {
+            "retries"
+        } else {
+            "(spec)"
+        };
+        Err(JobErrors(vec![Problem {
+            job: Some(self.name.as_str().to_owned()),
+            field: field.to_owned(),
+            message: "cannot be written in a job file exactly (a shard parameter with ',' \
+                      or surrounding spaces, or a duration finer than a millisecond)"
+                .to_owned(),
+        }]))
+    }
+
+    /// The JSON form, with the same field names as the job file (see "JSON form" in
+    /// the module documentation); [`JobSpec::from_json_value`] reads it back to the
+    /// same spec.
     pub fn to_json(&self) -> serde_json::Value {
-        todo!()
+        use serde_json::Value;
+
+        fn s(text: impl Into<String>) -> Value {
+            Value::String(text.into())
+        }
+        fn human(d: Duration) -> Value {
+            Value::String(HumanDuration(d).to_string())
+        }
+        // Sorted keys whatever serde_json's map preserves, so the text is stable.
+        fn object(m: BTreeMap<&str, Value>) -> Value {
+            Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        }
+
+        let mut m = BTreeMap::new();
+        m.insert("name", s(self.name.as_str()));
+        m.insert("description", s(&self.description));
+        match &self.schedule {
+            Schedule::Cron(c) => {
+                m.insert("cron", s(c.expr()));
+                m.insert("tz", s(c.tz().name()));
+            }
+            Schedule::Every(d) => {
+                m.insert("every", human(*d));
+            }
+            Schedule::Delay(d) => {
+                m.insert("delay", human(*d));
+            }
+            Schedule::At(t) => {
+                m.insert("at", s(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)));
+            }
+            Schedule::Manual => {
+                m.insert("manual", Value::Bool(true));
+            }
+        }
+        m.insert("shards", self.shards.into());
+        let params: Vec<String> = self
+            .shard_params
+            .iter()
+            .map(|(item, value)| format!("{item}={value}"))
+            .collect();
+        m.insert("shard_params", s(params.join(",")));
+        m.insert("param", s(&self.param));
+        match &self.kind {
+            JobKind::Script { command } => {
+                m.insert("kind", s("script"));
+                m.insert("command", Value::Array(command.iter().map(s).collect()));
+            }
+            JobKind::Http => {
+                m.insert("kind", s("http"));
+            }
+            JobKind::Handler(name) => {
+                m.insert("kind", s(name));
+            }
+        }
+        if let Some(t) = self.timeout {
+            m.insert("timeout", human(t));
+        }
+        let mut retries = BTreeMap::new();
+        retries.insert("max", self.retries.max.into());
+        retries.insert("initial", human(self.retries.initial));
+        retries.insert("max_delay", human(self.retries.max_delay));
+        m.insert("retries", object(retries));
+        m.insert("failover", Value::Bool(self.failover));
+        match self.misfire {
+            MisfirePolicy::FireOnce => {
+                m.insert("misfire", s("fire_once"));
+            }
+            MisfirePolicy::Skip => {
+                m.insert("misfire", s("skip"));
+            }
+            MisfirePolicy::CatchUp { max } => {
+                m.insert("misfire", s("catch_up"));
+                m.insert("catch_up_max", max.into());
+            }
+        }
+        m.insert("strategy", s(self.strategy.name()));
+        m.insert(
+            "labels",
+            Value::Object(self.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect()),
+        );
+        m.insert("overwrite", Value::Bool(self.overwrite));
+        m.insert("enabled", Value::Bool(self.enabled));
+        if let Some(n) = self.max_concurrent {
+            m.insert("max_concurrent", n.into());
+        }
+        object(m)
+    }
+
+    /// The job as one `[[job]]` TOML table with the fields of [`JobSpec::to_json`],
+    /// in the order of the reference above; [`JobFile::from_toml`] reads it back to
+    /// the same spec.
+    pub fn to_toml(&self) -> String {
+        let json = self.to_json();
+        let mut out = String::from("[[job]]\n");
+        if let serde_json::Value::Object(m) = &json {
+            for key in JOB_FIELDS {
+                let Some(v) = m.get(*key) else { continue };
+                out.push_str(key);
+                out.push_str(" = ");
+                match v {
+                    // Written in the order people read it: max first.
+                    serde_json::Value::Object(r) if *key == "retries" => {
+                        let parts: Vec<String> = RETRY_FIELDS
+                            .iter()
+                            .filter_map(|k| {
+                                let mut part = format!("{k} = ");
+                                write_toml_value(&mut part, r.get(*k)?);
+                                Some(part)
+                            })
+                            .collect();
+                        out.push_str(&format!("{{ {} }}", parts.join(", ")));
+                    }
+                    v => write_toml_value(&mut out, v),
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reading: TOML and JSON are first turned into one generic value, then validated
+// field by field so that every problem of every job is reported in one go.
+
+/// A TOML or JSON value. Datetimes stay apart from strings so that only `at` accepts
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+    Datetime(toml::value::Datetime),
+    Array(Vec<Val>),
+    Table(Table),
+}
+
+type Table = BTreeMap<String, Val>;
+
+impl Val {
+    fn from_toml(v: toml::Value) -> Val {
+        match v {
+            toml::Value::String(s) => Val::Str(s),
+            toml::Value::Integer(i) => Val::Int(i.into()),
+            toml::Value::Float(f) => Val::Float(f),
+            toml::Value::Boolean(b) => Val::Bool(b),
+            toml::Value::Datetime(d) => Val::Datetime(d),
+            toml::Value::Array(a) => Val::Array(a.into_iter().map(Val::from_toml).collect()),
+            toml::Value::Table(t) => {
+                Val::Table(t.into_iter().map(|(k, v)| (k, Val::from_toml(v))).collect())
+            }
+        }
+    }
+
+    fn from_json(v: &serde_json::Value) -> Val {
+        use serde_json::Value;
+        match v {
+            Value::Null => Val::Null,
+            Value::Bool(b) => Val::Bool(*b),
+            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => Val::Int(i.into()),
+                (None, Some(u)) => Val::Int(u.into()),
+                (None, None) => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Val::Str(s.clone()),
+            Value::Array(a) => Val::Array(a.iter().map(Val::from_json).collect()),
+            Value::Object(o) => Val::Table(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Val::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Val::Null => "null",
+            Val::Bool(_) => "a boolean",
+            Val::Int(_) => "an integer",
+            Val::Float(_) => "a float",
+            Val::Str(_) => "a string",
+            Val::Datetime(_) => "a datetime",
+            Val::Array(_) => "an array",
+            Val::Table(_) => "a table",
+        }
+    }
+}
+
+/// A field's value; `null` counts as absent.
+fn get<'t>(t: &'t Table, key: &str) -> Option<&'t Val> {
+    t.get(key).filter(|v| !matches!(v, Val::Null))
+}
+
+/// Marks a failed field whose problem has already been recorded.
+#[derive(Debug, Clone, Copy)]
+struct Reported;
+
+/// Records problems for one job.
+struct Cx<'p> {
+    job: Option<String>,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl Cx<'_> {
+    fn report(&mut self, field: &str, message: impl Into<String>) -> Reported {
+        self.problems.push(Problem {
+            job: self.job.clone(),
+            field: field.to_owned(),
+            message: message.into(),
+        });
+        Reported
+    }
+
+    fn wrong_type(&mut self, field: &str, expected: &str, got: &Val) -> Reported {
+        self.report(
+            field,
+            format!("expected {expected}, got {}", got.type_name()),
+        )
+    }
+
+    fn string<'v>(&mut self, v: &'v Val, field: &str) -> Result<&'v str, Reported> {
+        match v {
+            Val::Str(s) => Ok(s),
+            other => Err(self.wrong_type(field, "a string", other)),
+        }
+    }
+
+    fn boolean(&mut self, v: &Val, field: &str) -> Result<bool, Reported> {
+        match v {
+            Val::Bool(b) => Ok(*b),
+            other => Err(self.wrong_type(field, "a boolean", other)),
+        }
+    }
+
+    fn integer(&mut self, v: &Val, field: &str, min: u32, max: u32) -> Result<u32, Reported> {
+        match v {
+            Val::Int(n) => match u32::try_from(*n) {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ if max == u32::MAX => {
+                    Err(self.report(field, format!("must be at least {min}, got {n}")))
+                }
+                _ => Err(self.report(field, format!("must be between {min} and {max}, got {n}"))),
+            },
+            other => Err(self.wrong_type(field, "an integer", other)),
+        }
+    }
+
+    /// A duration greater than zero.
+    fn duration(&mut self, v: &Val, field: &str) -> Result<Duration, Reported> {
+        match v {
+            Val::Str(s) => match parse_duration(s) {
+                Ok(d) if d.is_zero() => {
+                    Err(self.report(field, ScheduleError::ZeroInterval.to_string()))
+                }
+                Ok(d) => Ok(d),
+                Err(e) => Err(self.report(field, e.to_string())),
+            },
+            other => Err(self.wrong_type(field, "a duration string such as \"30s\"", other)),
+        }
+    }
+
+    /// Reports every key of `t` that is not in `known`, suggesting a close one.
+    fn unknown_fields(&mut self, t: &Table, known: &[&str], prefix: &str) {
+        for key in t.keys() {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let message = match closest(key, known) {
+                Some(near) => format!("unknown field (did you mean {near:?}?)"),
+                None => "unknown field".to_owned(),
+            };
+            self.report(&format!("{prefix}{key}"), message);
+        }
+    }
+}
+
+/// The known name nearest to `key`, when it is close enough to be a typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let limit = key.chars().count().div_ceil(3).max(1);
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn join_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+fn toml_syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let position = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: ")
+        });
+    Problem {
+        job: None,
+        field: "(file)".to_owned(),
+        message: format!(
+            "{}invalid TOML: {}",
+            position.unwrap_or_default(),
+            e.message().trim()
+        ),
+    }
+}
+
+fn json_syntax_problem(field: &str, e: &serde_json::Error) -> Problem {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
+    Problem {
+        job: None,
+        field: field.to_owned(),
+        message: format!(
+            "line {}, column {}: invalid JSON: {message}",
+            e.line(),
+            e.column()
+        ),
+    }
+}
+
+/// Reads the top level of a job file.
+fn read_file(root: &Table, problems: &mut Vec<Problem>) -> Vec<JobSpec> {
+    for key in root.keys() {
+        if !FILE_FIELDS.contains(&key.as_str()) {
+            let hint = match closest(key, FILE_FIELDS) {
+                Some(near) => format!("; did you mean {near:?}?"),
+                None => String::new(),
+            };
+            problems.push(Problem {
+                job: None,
+                field: key.clone(),
+                message: format!(
+                    "unknown top-level key (a job file holds only [[job]] tables{hint})"
+                ),
+            });
+        }
+    }
+    let items: &[Val] = match get(root, "job") {
+        None => &[],
+        Some(Val::Array(items)) => items,
+        Some(other) => {
+            problems.push(Problem {
+                job: None,
+                field: "job".to_owned(),
+                message: format!(
+                    "expected an array of tables ([[job]]), got {}",
+                    other.type_name()
+                ),
+            });
+            &[]
+        }
+    };
+    let mut first_seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let number = i + 1;
+        let Val::Table(t) = item else {
+            problems.push(Problem {
+                job: Some(format!("#{number}")),
+                field: "job".to_owned(),
+                message: format!("expected a table ([[job]]), got {}", item.type_name()),
+            });
+            continue;
+        };
+        if let Some(spec) = read_job(t, Some(format!("#{number}")), problems) {
+            jobs.push(spec);
+        }
+        if let Some(Val::Str(name)) = get(t, "name")
+            && JobName::new(name).is_ok()
+        {
+            match first_seen.get(name.as_str()) {
+                Some(first) => problems.push(Problem {
+                    job: Some(name.clone()),
+                    field: "name".to_owned(),
+                    message: format!("duplicate job name (also job #{first})"),
+                }),
+                None => {
+                    first_seen.insert(name, number);
+                }
+            }
+        }
+    }
+    jobs
+}
+
+/// Reads one `[[job]]` table. `unnamed` is what problems call the job when its
+/// name is missing or invalid. Returns `None` when a problem was recorded.
+fn read_job(t: &Table, unnamed: Option<String>, problems: &mut Vec<Problem>) -> Option<JobSpec> {
+    let before = problems.len();
+    let mut cx = Cx {
+        job: unnamed,
+        problems,
+    };
+    let name = match get(t, "name") {
+        None => Err(cx.report("name", "missing")),
+        Some(Val::Str(s)) => match JobName::new(s) {
+            Ok(name) => {
+                cx.job = Some(s.clone());
+                Ok(name)
+            }
+            Err(message) => Err(cx.report("name", message)),
+        },
+        Some(other) => Err(cx.wrong_type("name", "a string", other)),
+    };
+    let description = opt(t, "description", |v| cx.string(v, "description"))
+        .map(|d| d.unwrap_or_default().to_owned());
+    let schedule = read_schedule(&mut cx, t);
+    let shards =
+        opt(t, "shards", |v| cx.integer(v, "shards", 1, MAX_SHARDS)).map(|n| n.unwrap_or(1));
+    let shard_params = match opt(t, "shard_params", |v| cx.string(v, "shard_params")) {
+        Ok(Some(s)) => read_shard_params(&mut cx, s, shards.ok()),
+        Ok(None) => Ok(BTreeMap::new()),
+        Err(r) => Err(r),
+    };
+    let param =
+        opt(t, "param", |v| cx.string(v, "param")).map(|p| p.unwrap_or_default().to_owned());
+    let kind = read_kind(&mut cx, t);
+    let timeout = opt(t, "timeout", |v| cx.duration(v, "timeout"));
+    let retries = read_retries(&mut cx, t);
+    let failover = opt(t, "failover", |v| cx.boolean(v, "failover")).map(|b| b.unwrap_or(true));
+    let misfire = read_misfire(&mut cx, t);
+    let strategy = match opt(t, "strategy", |v| cx.string(v, "strategy")) {
+        Ok(None) => Ok(Strategy::Average),
+        Ok(Some(s)) => Strategy::parse(s).map_err(|message| cx.report("strategy", message)),
+        Err(r) => Err(r),
+    };
+    let labels = read_labels(&mut cx, t);
+    let overwrite = opt(t, "overwrite", |v| cx.boolean(v, "overwrite")).map(|b| b.unwrap_or(false));
+    let enabled = opt(t, "enabled", |v| cx.boolean(v, "enabled")).map(|b| b.unwrap_or(true));
+    let max_concurrent = opt(t, "max_concurrent", |v| {
+        cx.integer(v, "max_concurrent", 1, u32::MAX)
+    });
+    cx.unknown_fields(t, JOB_FIELDS, "");
+    if cx.problems.len() > before {
+        return None;
+    }
+
+    Some(JobSpec {
+        name: name.ok()?,
+        description: description.ok()?,
+        schedule: schedule.ok()?,
+        shards: shards.ok()?,
+        shard_params: shard_params.ok()?,
+        param: param.ok()?,
+        kind: kind.ok()?,
+        timeout: timeout.ok()?,
+        retries: retries.ok()?,
+        failover: failover.ok()?,
+        misfire: misfire.ok()?,
+        strategy: strategy.ok()?,
+        labels: labels.ok()?,
+        overwrite: overwrite.ok()?,
+        enabled: enabled.ok()?,
+        max_concurrent: max_concurrent.ok()?,
+    })
+}
+
+/// Reads an optional field with `read`.
+fn opt<'t, T>(
+    t: &'t Table,
+    key: &str,
+    read: impl FnOnce(&'t Val) -> Result<T, Reported>,
+) -> Result<Option<T>, Reported> {
+    get(t, key).map(read).transpose()
+}
+
+const SCHEDULE_FIELDS: &[&str] = &["cron", "every", "delay", "at", "manual"];
+
+fn read_schedule(cx: &mut Cx<'_>, t: &Table) -> Result<Schedule, Reported> {
+    let cron = get(t, "cron").map(|v| read_cron(cx, t, v));
+    if get(t, "tz").is_some() && cron.is_none() {
+        cx.report("tz", "only applies to cron schedules");
+    }
+    let every = get(t, "every").map(|v| cx.duration(v, "every").map(Schedule::Every));
+    let delay = get(t, "delay").map(|v| cx.duration(v, "delay").map(Schedule::Delay));
+    let at = get(t, "at").map(|v| read_at(cx, v));
+    let manual = match get(t, "manual") {
+        None | Some(Val::Bool(false)) => None,
+        Some(Val::Bool(true)) => Some(Ok(Schedule::Manual)),
+        Some(other) => Some(Err(cx.wrong_type("manual", "a boolean", other))),
+    };
+    let mut given: Vec<(&str, Result<Schedule, Reported>)> = [
+        ("cron", cron),
+        ("every", every),
+        ("delay", delay),
+        ("at", at),
+        ("manual", manual),
+    ]
+    .into_iter()
+    .filter_map(|(field, r)| r.map(|r| (field, r)))
+    .collect();
+    match given.len() {
+        0 => Err(cx.report(
+            "schedule",
+            "missing: set one of cron, every, delay, at or manual = true",
+        )),
+        1 => given.pop().map_or(Err(Reported), |(_, r)| r),
+        _ => {
+            let names: Vec<&str> = given.iter().map(|(field, _)| *field).collect();
+            Err(cx.report(
+                "schedule",
+                format!(
+                    "only one of {} may be set, got {}",
+                    join_and(SCHEDULE_FIELDS),
+                    join_and(&names)
+                ),
+            ))
+        }
+    }
+}
+
+fn read_cron(cx: &mut Cx<'_>, t: &Table, v: &Val) -> Result<Schedule, Reported> {
+    let expr = cx.string(v, "cron");
+    let tz = match get(t, "tz") {
+        None => Ok(None),
+        Some(v) => cx.string(v, "tz").and_then(|name| match parse_tz(name) {
+            Ok(_) => Ok(Some(name)),
+            Err(e) => Err(cx.report("tz", e.to_string())),
+        }),
+    };
+    let expr = expr?;
+    // With a bad zone the expression is still checked, so that both are reported.
+    match CronSchedule::parse(expr, tz.ok().flatten()) {
+        Ok(c) => tz.map(|_| Schedule::Cron(c)),
+        Err(e @ ScheduleError::TimeZone(_)) => Err(cx.report("tz", e.to_string())),
+        Err(e) => Err(cx.report("cron", e.to_string())),
+    }
+}
+
+fn read_at(cx: &mut Cx<'_>, v: &Val) -> Result<Schedule, Reported> {
+    const EXAMPLE: &str = "2030-01-01T03:00:00Z";
+    let text = match v {
+        Val::Str(s) => s.clone(),
+        Val::Datetime(d) => match rfc3339_of_toml(d) {
+            Some(s) => s,
+            None => {
+                return Err(cx.report(
+                    "at",
+                    format!(
+                        "must have a date, a time and a UTC offset, such as {EXAMPLE}, got {d}"
+                    ),
+                ));
+            }
+        },
+        other => {
+            return Err(cx.wrong_type(
+                "at",
+                "an RFC 3339 timestamp (a string or a TOML datetime)",
+                other,
+            ));
+        }
+    };
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| Schedule::At(t.with_timezone(&Utc)))
+        .map_err(|_| {
+            cx.report(
+                "at",
+                format!(
+                    "must be an RFC 3339 timestamp with a UTC offset, such as {EXAMPLE:?}, got {text:?}"
+                ),
+            )
+        })
+}
+
+/// The RFC 3339 text of a TOML offset datetime; `None` for local dates and times.
+fn rfc3339_of_toml(d: &toml::value::Datetime) -> Option<String> {
+    let (date, time, offset) = (d.date?, d.time?, d.offset?);
+    let fraction = time
+        .nanosecond
+        .map(|n| format!(".{n:09}"))
+        .unwrap_or_default();
+    Some(format!(
+        "{date}T{:02}:{:02}:{:02}{fraction}{offset}",
+        time.hour,
+        time.minute,
+        time.second.unwrap_or(0)
+    ))
+}
+
+fn read_shard_params(
+    cx: &mut Cx<'_>,
+    text: &str,
+    shards: Option<u32>,
+) -> Result<BTreeMap<u32, String>, Reported> {
+    const FORM: &str = "expected N=value, as in \"0=a,1=b\"";
+    let mut params = BTreeMap::new();
+    if text.trim().is_empty() {
+        return Ok(params);
+    }
+    let mut result = Ok(());
+    for (i, raw) in text.split(',').enumerate() {
+        let entry = raw.trim();
+        let problem = if entry.is_empty() {
+            Some(format!("entry {} is empty ({FORM})", i + 1))
+        } else if let Some((item, value)) = entry.split_once('=') {
+            let item = item.trim();
+            let number = item
+                .parse::<u32>()
+                .ok()
+                .filter(|_| item.bytes().all(|b| b.is_ascii_digit()));
+            match (number, shards) {
+                (None, _) => Some(format!("entry {entry:?}: {item:?} is not an item number")),
+                (Some(n), Some(shards)) if n >= shards => Some(format!(
+                    "entry {entry:?}: item {n} is out of range (shards = {shards}, so items are 0 to {})",
+                    shards - 1
+                )),
+                (Some(n), _) if params.contains_key(&n) => {
+                    Some(format!("entry {entry:?}: item {n} is given twice"))
+                }
+                (Some(n), _) => {
+                    params.insert(n, value.trim().to_owned());
+                    None
+                }
+            }
+        } else {
+            Some(format!("entry {entry:?}: {FORM}"))
+        };
+        if let Some(message) = problem {
+            result = Err(cx.report("shard_params", message));
+        }
+    }
+    result.map(|()| params)
+}
+
+fn read_kind(cx: &mut Cx<'_>, t: &Table) -> Result<JobKind, Reported> {
+    let command = get(t, "command").map(|v| read_command(cx, v));
+    let kind = opt(t, "kind", |v| cx.string(v, "kind"))?;
+    let script = |cx: &mut Cx<'_>, command: Option<Result<Vec<String>, Reported>>| match command {
+        Some(c) => c.map(|command| JobKind::Script { command }),
+        None => Err(cx.report("command", "missing (required for kind = \"script\")")),
+    };
+    match kind {
+        None if command.is_none() => {
+            Err(cx.report("kind", "missing (script, http, or a handler name)"))
+        }
+        None | Some("script") => script(cx, command),
+        Some(other) => {
+            let kind = if other == "http" {
+                Ok(JobKind::Http)
+            } else if other.eq_ignore_ascii_case("script") || other.eq_ignore_ascii_case("http") {
+                Err(cx.report(
+                    "kind",
+                    format!(
+                        "{other:?} is not a kind; did you mean {:?}?",
+                        other.to_ascii_lowercase()
+                    ),
+                ))
+            } else if is_handler_name(other) {
+                Ok(JobKind::Handler(other.to_owned()))
+            } else {
+                Err(cx.report(
+                    "kind",
+                    format!(
+                        "must be \"script\", \"http\" or a handler name (1-128 letters, digits, \
+                         '.', '_', '-' and ':'), got {other:?}"
+                    ),
+                ))
+            };
+            if command.is_some() {
+                return Err(cx.report(
+                    "command",
+                    format!("only applies to kind = \"script\", not {other:?}"),
+                ));
+            }
+            kind
+        }
+    }
+}
+
+fn is_handler_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+fn read_command(cx: &mut Cx<'_>, v: &Val) -> Result<Vec<String>, Reported> {
+    let Val::Array(items) = v else {
+        return Err(cx.wrong_type("command", "an array of strings", v));
+    };
+    if items.is_empty() {
+        return Err(cx.report(
+            "command",
+            "must not be empty: its first element is the program to run",
+        ));
+    }
+    let mut command = Vec::with_capacity(items.len());
+    let mut result = Ok(());
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Val::Str(s) => command.push(s.clone()),
+            other => result = Err(cx.wrong_type(&format!("command[{i}]"), "a string", other)),
+        }
+    }
+    result?;
+    if command
+        .first()
+        .is_some_and(|program| program.trim().is_empty())
+    {
+        return Err(cx.report("command[0]", "must not be empty: it is the program to run"));
+    }
+    Ok(command)
+}
+
+fn read_retries(cx: &mut Cx<'_>, t: &Table) -> Result<RetryPolicy, Reported> {
+    let default = RetryPolicy::default();
+    let rt = match get(t, "retries") {
+        None => return Ok(default),
+        Some(v @ Val::Int(_)) => {
+            return cx
+                .integer(v, "retries", 0, MAX_RETRIES)
+                .map(|max| RetryPolicy { max, ..default });
+        }
+        Some(Val::Table(rt)) => rt,
+        Some(other) => {
+            return Err(cx.wrong_type(
+                "retries",
+                "an integer or a table such as { max = 3, initial = \"1s\", max_delay = \"1m\" }",
+                other,
+            ));
+        }
+    };
+    let max = match get(rt, "max") {
+        None => Err(cx.report("retries.max", "missing")),
+        Some(v) => cx.integer(v, "retries.max", 0, MAX_RETRIES),
+    };
+    let initial = opt(rt, "initial", |v| cx.duration(v, "retries.initial"));
+    let max_delay = opt(rt, "max_delay", |v| cx.duration(v, "retries.max_delay"));
+    cx.unknown_fields(rt, RETRY_FIELDS, "retries.");
+    let initial = initial?.unwrap_or(default.initial);
+    let max_delay = match max_delay? {
+        Some(d) if d < initial => {
+            return Err(cx.report(
+                "retries.max_delay",
+                format!(
+                    "must be at least retries.initial ({}), got {}",
+                    HumanDuration(initial),
+                    HumanDuration(d)
+                ),
+            ));
+        }
+        Some(d) => d,
+        None => default.max_delay.max(initial),
+    };
+    Ok(RetryPolicy {
+        max: max?,
+        initial,
+        max_delay,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MisfireName {
+    FireOnce,
+    Skip,
+    CatchUp,
+}
+
+fn misfire_name(cx: &mut Cx<'_>, name: &str, field: &str) -> Result<MisfireName, Reported> {
+    match name {
+        "fire_once" => Ok(MisfireName::FireOnce),
+        "skip" => Ok(MisfireName::Skip),
+        "catch_up" => Ok(MisfireName::CatchUp),
+        other => Err(cx.report(
+            field,
+            format!("must be \"fire_once\", \"skip\" or \"catch_up\", got {other:?}"),
+        )),
+    }
+}
+
+fn read_misfire(cx: &mut Cx<'_>, t: &Table) -> Result<MisfirePolicy, Reported> {
+    const ONLY_CATCH_UP: &str = "only applies to misfire = \"catch_up\"";
+    let cap = opt(t, "catch_up_max", |v| {
+        cx.integer(v, "catch_up_max", 1, MAX_CATCH_UP)
+    });
+    let (policy, table_max) = match get(t, "misfire") {
+        None => (Ok(MisfireName::FireOnce), Ok(None)),
+        Some(Val::Str(s)) => (misfire_name(cx, s, "misfire"), Ok(None)),
+        Some(Val::Table(mt)) => {
+            let policy = match get(mt, "policy") {
+                None => Err(cx.report("misfire.policy", "missing")),
+                Some(v) => cx
+                    .string(v, "misfire.policy")
+                    .and_then(|s| misfire_name(cx, s, "misfire.policy")),
+            };
+            let max = opt(mt, "max", |v| cx.integer(v, "misfire.max", 1, MAX_CATCH_UP));
+            cx.unknown_fields(mt, MISFIRE_FIELDS, "misfire.");
+            if let (Ok(Some(_)), Ok(p)) = (&max, &policy)
+                && *p != MisfireName::CatchUp
+            {
+                return Err(cx.report("misfire.max", "only applies to policy \"catch_up\""));
+            }
+            if let (Ok(Some(_)), Ok(Some(_))) = (&max, &cap) {
+                return Err(cx.report(
+                    "catch_up_max",
+                    "misfire.max is set too; give only one of them",
+                ));
+            }
+            (policy, max)
+        }
+        Some(other) => (
+            Err(cx.wrong_type(
+                "misfire",
+                "a string or a table such as { policy = \"catch_up\", max = 5 }",
+                other,
+            )),
+            Ok(None),
+        ),
+    };
+    let policy = policy?;
+    let cap = cap?;
+    if policy != MisfireName::CatchUp && cap.is_some() {
+        return Err(cx.report("catch_up_max", ONLY_CATCH_UP));
+    }
+    Ok(match policy {
+        MisfireName::FireOnce => MisfirePolicy::FireOnce,
+        MisfireName::Skip => MisfirePolicy::Skip,
+        MisfireName::CatchUp => MisfirePolicy::CatchUp {
+            max: table_max?.or(cap).unwrap_or(DEFAULT_CATCH_UP_MAX),
+        },
+    })
+}
+
+fn is_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+}
+
+fn read_labels(cx: &mut Cx<'_>, t: &Table) -> Result<BTreeMap<String, String>, Reported> {
+    let lt = match get(t, "labels") {
+        None => return Ok(BTreeMap::new()),
+        Some(Val::Table(lt)) => lt,
+        Some(other) => {
+            return Err(cx.wrong_type(
+                "labels",
+                "a table of strings such as { region = \"eu\" }",
+                other,
+            ));
+        }
+    };
+    let mut labels = BTreeMap::new();
+    let mut result = Ok(());
+    for (key, value) in lt {
+        if !is_label_key(key) {
+            result = Err(cx.report(
+                "labels",
+                format!(
+                    "invalid key {key:?}: must be one or more letters, digits, '.', '_', '/' or '-'"
+                ),
+            ));
+            continue;
+        }
+        let field = format!("labels.{key}");
+        match value {
+            Val::Str(v) if v.is_empty() => result = Err(cx.report(&field, "must not be empty")),
+            Val::Str(v) => {
+                labels.insert(key.clone(), v.clone());
+            }
+            other => result = Err(cx.wrong_type(&field, "a string", other)),
+        }
+    }
+    result.map(|()| labels)
+}
+
+// ---------------------------------------------------------------------------------
+// Writing TOML.
+
+fn write_toml_value(out: &mut String, v: &serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        // to_json writes no nulls; an empty string is the closest harmless form.
+        Value::Null => out.push_str("\"\""),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_toml_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_toml_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(m) if m.is_empty() => out.push_str("{}"),
+        Value::Object(m) => {
+            out.push_str("{ ");
+            for (i, (k, item)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                let bare = !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+                if bare {
+                    out.push_str(k);
+                } else {
+                    write_toml_string(out, k);
+                }
+                out.push_str(" = ");
+                write_toml_value(out, item);
+            }
+            out.push_str(" }");
+        }
+    }
+}
+
+/// A TOML basic string.
+fn write_toml_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    const EXAMPLE: &str = include_str!("../../../examples/jobs.toml");
+
+    /// A valid job named "x" (every 5s, a script) plus `extra` lines.
+    fn job(extra: &str) -> String {
+        format!("[[job]]\nname = \"x\"\nevery = \"5s\"\ncommand = [\"./a.sh\"]\n{extra}\n")
+    }
+
+    fn parse_one(text: &str) -> JobSpec {
+        match JobFile::from_toml(text) {
+            Ok(mut file) if file.jobs.len() == 1 => file.jobs.remove(0),
+            Ok(file) => panic!("expected one job, got {}", file.jobs.len()),
+            Err(e) => panic!("unexpected problems:\n{e}"),
+        }
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match JobFile::from_toml(text) {
+            Ok(file) => panic!("expected problems, got {} job(s)", file.jobs.len()),
+            Err(e) => {
+                assert!(!e.0.is_empty());
+                e.0.iter().map(ToString::to_string).collect()
+            }
+        }
+    }
+
+    fn one_problem(text: &str) -> String {
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "expected one problem, got {p:#?}");
+        p[0].clone()
+    }
+
+    fn errors(text: &str) -> Vec<Problem> {
+        match JobFile::from_toml(text) {
+            Ok(_) => panic!("expected problems"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn job_names() {
+        assert_eq!(
+            JobName::new("orders.sync_v2-eu").map(|n| n.to_string()),
+            Ok("orders.sync_v2-eu".into())
+        );
+        assert!(JobName::new(&"a".repeat(128)).is_ok());
+        assert!(JobName::new(&"a".repeat(129)).is_err());
+        assert!(JobName::new("").is_err());
+        assert!(JobName::new("é").is_err());
+        assert_eq!(
+            JobName::new("a b"),
+            Err(
+                r#"must be 1-128 characters of letters, digits, '.', '_' and '-', got "a b""#
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn full_job_with_every_field() {
+        let spec = parse_one(
+            r#"
+            [[job]]
+            name = "orders"
+            description = "Sync orders"
+            cron = "*/10 * * * *"
+            tz = "Europe/Berlin"
+            shards = 4
+            shard_params = " 0=north, 1 = south ,3=a=b"
+            param = "batch=500"
+            kind = "script"
+            command = ["./sync.sh", "--fast"]
+            timeout = "1m30s"
+            retries = { max = 3, initial = "2s", max_delay = "1m" }
+            failover = false
+            misfire = "catch_up"
+            catch_up_max = 5
+            strategy = "round_robin"
+            labels = { region = "eu", "app.kubernetes.io/name" = "shop" }
+            overwrite = true
+            enabled = false
+            max_concurrent = 2
+            "#,
+        );
+        assert_eq!(spec.name.as_str(), "orders");
+        assert_eq!(spec.description, "Sync orders");
+        match &spec.schedule {
+            Schedule::Cron(c) => {
+                assert_eq!(c.expr(), "*/10 * * * *");
+                assert_eq!(c.tz(), chrono_tz::Europe::Berlin);
+            }
+            other => panic!("expected cron, got {other:?}"),
+        }
+        assert_eq!(spec.shards, 4);
+        let params: Vec<(u32, &str)> = spec
+            .shard_params
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        assert_eq!(params, [(0, "north"), (1, "south"), (3, "a=b")]);
+        assert_eq!(spec.param, "batch=500");
+        assert_eq!(
+            spec.kind,
+            JobKind::Script {
+                command: vec!["./sync.sh".into(), "--fast".into()]
+            }
+        );
+        assert_eq!(spec.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(
+            spec.retries,
+            RetryPolicy {
+                max: 3,
+                initial: Duration::from_secs(2),
+                max_delay: Duration::from_secs(60)
+            }
+        );
+        assert!(!spec.failover);
+        assert_eq!(spec.misfire, MisfirePolicy::CatchUp { max: 5 });
+        assert_eq!(spec.strategy, Strategy::RoundRobin);
+        assert_eq!(spec.labels.len(), 2);
+        assert_eq!(spec.labels["region"], "eu");
+        assert_eq!(spec.labels["app.kubernetes.io/name"], "shop");
+        assert!(spec.overwrite);
+        assert!(!spec.enabled);
+        assert_eq!(spec.max_concurrent, Some(2));
+    }
+
+    #[test]
+    fn defaults() {
+        let spec = parse_one("[[job]]\nname = \"x\"\nevery = \"5s\"\ncommand = [\"./a.sh\"]\n");
+        let expected = JobSpec::new(
+            JobName::new("x").unwrap(),
+            Schedule::Every(Duration::from_secs(5)),
+            JobKind::Script {
+                command: vec!["./a.sh".into()],
+            },
+        );
+        assert_eq!(spec, expected);
+        assert_eq!(spec.description, "");
+        assert_eq!(spec.shards, 1);
+        assert!(spec.shard_params.is_empty());
+        assert_eq!(spec.param, "");
+        assert_eq!(spec.timeout, None);
+        assert_eq!(spec.retries, RetryPolicy::default());
+        assert_eq!(spec.retries.initial, Duration::from_secs(1));
+        assert_eq!(spec.retries.max_delay, Duration::from_secs(60));
+        assert!(spec.failover);
+        assert_eq!(spec.misfire, MisfirePolicy::FireOnce);
+        assert_eq!(spec.strategy, Strategy::Average);
+        assert!(spec.labels.is_empty());
+        assert!(!spec.overwrite);
+        assert!(spec.enabled);
+        assert_eq!(spec.max_concurrent, None);
+    }
+
+    #[test]
+    fn empty_files_are_valid() {
+        for text in ["", "# nothing yet\n", "job = []\n"] {
+            assert_eq!(
+                JobFile::from_toml(text),
+                Ok(JobFile { jobs: vec![] }),
+                "{text:?}"
+            );
+        }
+        assert_eq!(JobFile::from_json("{}"), Ok(JobFile { jobs: vec![] }));
+        assert_eq!(
+            JobFile::from_json(r#"{"job": []}"#),
+            Ok(JobFile { jobs: vec![] })
+        );
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let file = match JobFile::from_toml(EXAMPLE) {
+            Ok(file) => file,
+            Err(e) => panic!("examples/jobs.toml:\n{e}"),
+        };
+        let names: Vec<&str> = file.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "sync-orders",
+                "nightly-report",
+                "settle-invoices",
+                "cleanup-tmp",
+                "migrate-2030",
+                "reindex-search",
+                "legacy-export"
+            ]
+        );
+        let sync = &file.jobs[0];
+        assert_eq!(sync.schedule, Schedule::Every(Duration::from_secs(5)));
+        assert_eq!(sync.shards, 4);
+        assert_eq!(sync.shard_params.len(), 4);
+        assert_eq!(sync.shard_params[&2], "east");
+        assert_eq!(sync.misfire, MisfirePolicy::Skip);
+        let report = &file.jobs[1];
+        assert!(
+            matches!(&report.schedule, Schedule::Cron(c) if c.tz() == chrono_tz::Europe::Berlin)
+        );
+        assert_eq!(report.retries.max, 2);
+        let settle = &file.jobs[2];
+        assert_eq!(settle.kind, JobKind::Handler("billing.settle".into()));
+        assert_eq!(settle.strategy, Strategy::Consistent);
+        assert_eq!(settle.misfire, MisfirePolicy::CatchUp { max: 24 });
+        assert_eq!(
+            file.jobs[3].schedule,
+            Schedule::Delay(Duration::from_secs(600))
+        );
+        assert_eq!(
+            file.jobs[4].schedule,
+            Schedule::At(Utc.with_ymd_and_hms(2030, 1, 1, 3, 0, 0).unwrap())
+        );
+        assert_eq!(file.jobs[5].schedule, Schedule::Manual);
+        assert!(!file.jobs[6].enabled);
+        // Every example job survives the JSON form.
+        for spec in &file.jobs {
+            assert_eq!(JobSpec::from_json_value(&spec.to_json()).as_ref(), Ok(spec));
+        }
+    }
+
+    #[test]
+    fn shards_out_of_range() {
+        assert_eq!(
+            one_problem(&job("shards = 0").replace("\"x\"", "\"orders\"")),
+            r#"job "orders": shards: must be between 1 and 10000, got 0"#
+        );
+        assert_eq!(
+            one_problem(&job("shards = 10001")),
+            r#"job "x": shards: must be between 1 and 10000, got 10001"#
+        );
+        assert_eq!(
+            one_problem(&job("shards = -1")),
+            r#"job "x": shards: must be between 1 and 10000, got -1"#
+        );
+        assert_eq!(parse_one(&job("shards = 10000")).shards, 10_000);
+    }
+
+    #[test]
+    fn bad_or_missing_name() {
+        let bad = "[[job]]\nname = \"a b\"\nevery = \"5s\"\ncommand = [\"./a.sh\"]\nshards = 0\n";
+        assert_eq!(
+            problems(bad),
+            [
+                r##"job "#1": name: must be 1-128 characters of letters, digits, '.', '_' and '-', got "a b""##,
+                r##"job "#1": shards: must be between 1 and 10000, got 0"##,
+            ]
+        );
+        let missing = format!(
+            "{}[[job]]\nevery = \"5s\"\ncommand = [\"./a.sh\"]\n",
+            job("")
+        );
+        assert_eq!(one_problem(&missing), r##"job "#2": name: missing"##);
+        assert_eq!(
+            one_problem("[[job]]\nname = 7\nevery = \"5s\"\ncommand = [\"./a.sh\"]\n"),
+            r##"job "#1": name: expected a string, got an integer"##
+        );
+    }
+
+    #[test]
+    fn bad_cron_names_the_cron_field() {
+        let text = "[[job]]\nname = \"x\"\ncron = \"not a cron\"\ncommand = [\"./a.sh\"]\n";
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].job.as_deref(), Some("x"));
+        assert_eq!(e[0].field, "cron");
+        assert!(
+            e[0].message.starts_with("invalid cron expression"),
+            "{}",
+            e[0].message
+        );
+    }
+
+    #[test]
+    fn unknown_tz_names_the_tz_field() {
+        let text = "[[job]]\nname = \"x\"\ncron = \"0 * * * *\"\ntz = \"Mars/Olympus\"\ncommand = [\"./a.sh\"]\n";
+        assert_eq!(
+            one_problem(text),
+            format!(
+                "job \"x\": tz: {}",
+                ScheduleError::TimeZone("Mars/Olympus".into())
+            )
+        );
+        // A bad zone and a bad expression are both reported.
+        let both = "[[job]]\nname = \"x\"\ncron = \"nope\"\ntz = \"Mars/Olympus\"\ncommand = [\"./a.sh\"]\n";
+        let fields: Vec<String> = errors(both).into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["tz", "cron"]);
+    }
+
+    #[test]
+    fn tz_without_cron() {
+        assert_eq!(
+            one_problem(&job("tz = \"UTC\"")),
+            r#"job "x": tz: only applies to cron schedules"#
+        );
+    }
+
+    #[test]
+    fn shard_params_forms_and_errors() {
+        let ok = parse_one(&job("shards = 3\nshard_params = \"0=a, 2 = c=d ,1=\""));
+        let params: Vec<(u32, &str)> = ok
+            .shard_params
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        assert_eq!(params, [(0, "a"), (1, ""), (2, "c=d")]);
+        assert!(
+            parse_one(&job("shard_params = \"\""))
+                .shard_params
+                .is_empty()
+        );
+        assert!(
+            parse_one(&job("shard_params = \"  \""))
+                .shard_params
+                .is_empty()
+        );
+
+        let cases = [
+            (
+                "shards = 4\nshard_params = \"0=a,4=e\"",
+                r#"entry "4=e": item 4 is out of range (shards = 4, so items are 0 to 3)"#,
+            ),
+            (
+                "shards = 4\nshard_params = \"0=a,x=b\"",
+                r#"entry "x=b": "x" is not an item number"#,
+            ),
+            (
+                "shards = 4\nshard_params = \"-1=a\"",
+                r#"entry "-1=a": "-1" is not an item number"#,
+            ),
+            (
+                "shards = 4\nshard_params = \"+1=a\"",
+                r#"entry "+1=a": "+1" is not an item number"#,
+            ),
+            (
+                "shards = 4\nshard_params = \"0=a,1=b,1=c\"",
+                r#"entry "1=c": item 1 is given twice"#,
+            ),
+            (
+                "shards = 4\nshard_params = \"0=a,b\"",
+                r#"entry "b": expected N=value, as in "0=a,1=b""#,
+            ),
+            (
+                "shards = 4\nshard_params = \"0=a,,1=b\"",
+                r#"entry 2 is empty (expected N=value, as in "0=a,1=b")"#,
+            ),
+            (
+                "shards = 4\nshard_params = 5",
+                "expected a string, got an integer",
+            ),
+        ];
+        for (extra, message) in cases {
+            assert_eq!(
+                one_problem(&job(extra)),
+                format!("job \"x\": shard_params: {message}"),
+                "{extra}"
+            );
+        }
+        // Every bad entry is reported.
+        assert_eq!(
+            problems(&job("shards = 2\nshard_params = \"0=a,7=b,q\"")).len(),
+            2
+        );
+        // With a bad shard count, entries are still checked for form.
+        assert_eq!(
+            problems(&job("shards = 0\nshard_params = \"9=a,x\"")),
+            [
+                r#"job "x": shards: must be between 1 and 10000, got 0"#,
+                r#"job "x": shard_params: entry "x": expected N=value, as in "0=a,1=b""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_strategy() {
+        let expected = match Strategy::parse("fastest") {
+            Ok(s) => panic!("fastest parsed as {s:?}"),
+            Err(message) => message,
+        };
+        assert_eq!(
+            one_problem(&job("strategy = \"fastest\"")),
+            format!("job \"x\": strategy: {expected}")
+        );
+    }
+
+    #[test]
+    fn duplicate_job_names() {
+        let text = format!(
+            "{}{}{}",
+            job(""),
+            job("").replace("\"x\"", "\"y\""),
+            job("")
+        );
+        assert_eq!(
+            one_problem(&text),
+            r#"job "x": name: duplicate job name (also job #1)"#
+        );
+    }
+
+    #[test]
+    fn zero_or_several_schedules() {
+        let none = "[[job]]\nname = \"x\"\ncommand = [\"./a.sh\"]\n";
+        assert_eq!(
+            one_problem(none),
+            r#"job "x": schedule: missing: set one of cron, every, delay, at or manual = true"#
+        );
+        assert_eq!(
+            one_problem(&format!("{none}manual = false\n")),
+            r#"job "x": schedule: missing: set one of cron, every, delay, at or manual = true"#
+        );
+        assert_eq!(
+            one_problem(&job("delay = \"1m\"\nmanual = true")),
+            r#"job "x": schedule: only one of cron, every, delay, at and manual may be set, got every, delay and manual"#
+        );
+        assert_eq!(
+            one_problem(&job("at = 2030-01-01T00:00:00Z")),
+            r#"job "x": schedule: only one of cron, every, delay, at and manual may be set, got every and at"#
+        );
+        // manual = false next to a real schedule is harmless.
+        assert_eq!(
+            parse_one(&job("manual = false")).schedule,
+            Schedule::Every(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn every_delay_and_at() {
+        let base = "[[job]]\nname = \"x\"\ncommand = [\"./a.sh\"]\n";
+        assert_eq!(
+            parse_one(&format!("{base}delay = \"1m30s\"")).schedule,
+            Schedule::Delay(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_one(&format!("{base}manual = true")).schedule,
+            Schedule::Manual
+        );
+        let at = Utc.with_ymd_and_hms(2030, 1, 1, 3, 0, 0).unwrap();
+        for form in [
+            "at = 2030-01-01T03:00:00Z",
+            "at = 2030-01-01T04:00:00+01:00",
+            "at = 2030-01-01 03:00:00Z",
+            "at = \"2030-01-01T03:00:00Z\"",
+            "at = \"2029-12-31T22:00:00-05:00\"",
+        ] {
+            assert_eq!(
+                parse_one(&format!("{base}{form}")).schedule,
+                Schedule::At(at),
+                "{form}"
+            );
+        }
+        let frac = parse_one(&format!("{base}at = 2030-01-01T03:00:00.25Z")).schedule;
+        assert_eq!(frac, Schedule::At(at + chrono::Duration::milliseconds(250)));
+
+        let cases = [
+            ("every = \"0s\"", "every: must be greater than zero"),
+            (
+                "every = 5",
+                "every: expected a duration string such as \"30s\", got an integer",
+            ),
+            (
+                "delay = \"soon\"",
+                "delay: must be a duration like \"30s\", \"5m\" or \"1h30m\" (units ms, s, m, h, d), got \"soon\"",
+            ),
+            (
+                "at = 2030-01-01T03:00:00",
+                "at: must have a date, a time and a UTC offset, such as 2030-01-01T03:00:00Z, got 2030-01-01T03:00:00",
+            ),
+            (
+                "at = 2030-01-01",
+                "at: must have a date, a time and a UTC offset, such as 2030-01-01T03:00:00Z, got 2030-01-01",
+            ),
+            (
+                "at = \"tomorrow\"",
+                "at: must be an RFC 3339 timestamp with a UTC offset, such as \"2030-01-01T03:00:00Z\", got \"tomorrow\"",
+            ),
+            (
+                "at = 1",
+                "at: expected an RFC 3339 timestamp (a string or a TOML datetime), got an integer",
+            ),
+            (
+                "manual = \"yes\"",
+                "manual: expected a boolean, got a string",
+            ),
+        ];
+        for (extra, message) in cases {
+            assert_eq!(
+                one_problem(&format!("{base}{extra}")),
+                format!("job \"x\": {message}"),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields() {
+        assert_eq!(
+            one_problem(&job("colour = \"red\"")),
+            r#"job "x": colour: unknown field"#
+        );
+        assert_eq!(
+            one_problem(&job("shard = 2")),
+            r#"job "x": shard: unknown field (did you mean "shards"?)"#
+        );
+        assert_eq!(
+            one_problem(&job("timout = \"5s\"")),
+            r#"job "x": timout: unknown field (did you mean "timeout"?)"#
+        );
+        // HTTP fields are not defined yet.
+        assert_eq!(
+            one_problem(
+                "[[job]]\nname = \"x\"\nevery = \"5s\"\nkind = \"http\"\nurl = \"http://a\"\n"
+            ),
+            r#"job "x": url: unknown field"#
+        );
+        assert_eq!(
+            one_problem(&job("retries = { max = 1, intial = \"2s\" }")),
+            r#"job "x": retries.intial: unknown field (did you mean "initial"?)"#
+        );
+        assert_eq!(
+            one_problem(&format!("colour = 1\n{}", job(""))),
+            "colour: unknown top-level key (a job file holds only [[job]] tables)"
+        );
+        assert_eq!(
+            one_problem(&format!("{}[[jobs]]\nname = \"y\"\n", job(""))),
+            r#"jobs: unknown top-level key (a job file holds only [[job]] tables; did you mean "job"?)"#
+        );
+        assert_eq!(
+            one_problem("[job]\nname = \"x\"\n"),
+            "job: expected an array of tables ([[job]]), got a table"
+        );
+        assert_eq!(
+            one_problem("job = [1]\n"),
+            r##"job "#1": job: expected a table ([[job]]), got an integer"##
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        let cases = [
+            (
+                "shards = \"4\"",
+                "shards: expected an integer, got a string",
+            ),
+            ("shards = 4.0", "shards: expected an integer, got a float"),
+            (
+                "description = 1979-05-27",
+                "description: expected a string, got a datetime",
+            ),
+            ("param = [\"a\"]", "param: expected a string, got an array"),
+            (
+                "failover = \"no\"",
+                "failover: expected a boolean, got a string",
+            ),
+            (
+                "overwrite = 1",
+                "overwrite: expected a boolean, got an integer",
+            ),
+            ("enabled = {}", "enabled: expected a boolean, got a table"),
+            (
+                "timeout = 30",
+                "timeout: expected a duration string such as \"30s\", got an integer",
+            ),
+            ("timeout = \"0ms\"", "timeout: must be greater than zero"),
+            (
+                "max_concurrent = 0",
+                "max_concurrent: must be at least 1, got 0",
+            ),
+            (
+                "max_concurrent = \"2\"",
+                "max_concurrent: expected an integer, got a string",
+            ),
+            (
+                "strategy = 1",
+                "strategy: expected a string, got an integer",
+            ),
+            (
+                "labels = \"a=b\"",
+                "labels: expected a table of strings such as { region = \"eu\" }, got a string",
+            ),
+            (
+                "labels = { env = 1 }",
+                "labels.env: expected a string, got an integer",
+            ),
+            ("labels = { env = \"\" }", "labels.env: must not be empty"),
+            (
+                "labels = { \"a b\" = \"x\" }",
+                "labels: invalid key \"a b\": must be one or more letters, digits, '.', '_', '/' or '-'",
+            ),
+            (
+                "labels = { \"\" = \"x\" }",
+                "labels: invalid key \"\": must be one or more letters, digits, '.', '_', '/' or '-'",
+            ),
+            (
+                "labels.app.tier = \"web\"",
+                "labels.app: expected a string, got a table",
+            ),
+        ];
+        for (extra, message) in cases {
+            assert_eq!(
+                one_problem(&job(extra)),
+                format!("job \"x\": {message}"),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_and_commands() {
+        let base = "[[job]]\nname = \"x\"\nevery = \"5s\"\n";
+        assert_eq!(
+            parse_one(&format!("{base}kind = \"http\"")).kind,
+            JobKind::Http
+        );
+        assert_eq!(
+            parse_one(&format!("{base}kind = \"billing.settle\"")).kind,
+            JobKind::Handler("billing.settle".into())
+        );
+        assert_eq!(
+            parse_one(&format!("{base}kind = \"app::Sync\"")).kind,
+            JobKind::Handler("app::Sync".into())
+        );
+        assert_eq!(
+            parse_one(&format!(
+                "{base}kind = \"script\"\ncommand = [\"/bin/true\"]"
+            ))
+            .kind,
+            JobKind::Script {
+                command: vec!["/bin/true".into()]
+            }
+        );
+        let cases = [
+            ("", "kind: missing (script, http, or a handler name)"),
+            (
+                "kind = \"script\"",
+                "command: missing (required for kind = \"script\")",
+            ),
+            (
+                "kind = \"http\"\ncommand = [\"a\"]",
+                "command: only applies to kind = \"script\", not \"http\"",
+            ),
+            (
+                "kind = \"h\"\ncommand = [\"a\"]",
+                "command: only applies to kind = \"script\", not \"h\"",
+            ),
+            (
+                "kind = \"Script\"",
+                "kind: \"Script\" is not a kind; did you mean \"script\"?",
+            ),
+            (
+                "kind = \"a b\"",
+                "kind: must be \"script\", \"http\" or a handler name (1-128 letters, digits, '.', '_', '-' and ':'), got \"a b\"",
+            ),
+            ("kind = 1", "kind: expected a string, got an integer"),
+            (
+                "command = []",
+                "command: must not be empty: its first element is the program to run",
+            ),
+            (
+                "command = [\"\", \"x\"]",
+                "command[0]: must not be empty: it is the program to run",
+            ),
+            (
+                "command = [\"a\", 1]",
+                "command[1]: expected a string, got an integer",
+            ),
+            (
+                "command = \"./a.sh\"",
+                "command: expected an array of strings, got a string",
+            ),
+        ];
+        for (extra, message) in cases {
+            assert_eq!(
+                one_problem(&format!("{base}{extra}")),
+                format!("job \"x\": {message}"),
+                "{extra:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retries_forms_and_errors() {
+        assert_eq!(
+            parse_one(&job("retries = 3")).retries,
+            RetryPolicy {
+                max: 3,
+                ..RetryPolicy::default()
+            }
+        );
+        assert_eq!(
+            parse_one(&job("retries = { max = 2 }")).retries,
+            RetryPolicy {
+                max: 2,
+                ..RetryPolicy::default()
+            }
+        );
+        // A longer initial delay raises the default cap with it.
+        assert_eq!(
+            parse_one(&job("retries = { max = 2, initial = \"2m\" }")).retries,
+            RetryPolicy {
+                max: 2,
+                initial: Duration::from_secs(120),
+                max_delay: Duration::from_secs(120)
+            }
+        );
+        let cases = [
+            (
+                "retries = 101",
+                "retries: must be between 0 and 100, got 101",
+            ),
+            (
+                "retries = \"3\"",
+                "retries: expected an integer or a table such as { max = 3, initial = \"1s\", max_delay = \"1m\" }, got a string",
+            ),
+            ("retries = { initial = \"1s\" }", "retries.max: missing"),
+            (
+                "retries = { max = 1, initial = \"0s\" }",
+                "retries.initial: must be greater than zero",
+            ),
+            (
+                "retries = { max = 1, initial = \"5s\", max_delay = \"1s\" }",
+                "retries.max_delay: must be at least retries.initial (5s), got 1s",
+            ),
+        ];
+        for (extra, message) in cases {
+            assert_eq!(
+                one_problem(&job(extra)),
+                format!("job \"x\": {message}"),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn misfire_forms_and_errors() {
+        assert_eq!(
+            parse_one(&job("misfire = \"skip\"")).misfire,
+            MisfirePolicy::Skip
+        );
+        assert_eq!(
+            parse_one(&job("misfire = \"fire_once\"")).misfire,
+            MisfirePolicy::FireOnce
+        );
+        assert_eq!(
+            parse_one(&job("misfire = \"catch_up\"")).misfire,
+            MisfirePolicy::CatchUp {
+                max: DEFAULT_CATCH_UP_MAX
+            }
+        );
+        assert_eq!(
+            parse_one(&job("misfire = \"catch_up\"\ncatch_up_max = 3")).misfire,
+            MisfirePolicy::CatchUp { max: 3 }
+        );
+        assert_eq!(
+            parse_one(&job("misfire = { policy = \"catch_up\", max = 5 }")).misfire,
+            MisfirePolicy::CatchUp { max: 5 }
+        );
+        assert_eq!(
+            parse_one(&job(
+                "misfire = { policy = \"catch_up\" }\ncatch_up_max = 4"
+            ))
+            .misfire,
+            MisfirePolicy::CatchUp { max: 4 }
+        );
+        assert_eq!(
+            parse_one(&job("misfire = { policy = \"skip\" }")).misfire,
+            MisfirePolicy::Skip
+        );
+        let cases = [
+            (
+                "misfire = \"later\"",
+                "misfire: must be \"fire_once\", \"skip\" or \"catch_up\", got \"later\"",
+            ),
+            (
+                "misfire = \"skip\"\ncatch_up_max = 3",
+                "catch_up_max: only applies to misfire = \"catch_up\"",
+            ),
+            (
+                "catch_up_max = 3",
+                "catch_up_max: only applies to misfire = \"catch_up\"",
+            ),
+            (
+                "misfire = \"catch_up\"\ncatch_up_max = 0",
+                "catch_up_max: must be between 1 and 10000, got 0",
+            ),
+            (
+                "misfire = { policy = \"skip\", max = 5 }",
+                "misfire.max: only applies to policy \"catch_up\"",
+            ),
+            ("misfire = { max = 5 }", "misfire.policy: missing"),
+            (
+                "misfire = { policy = \"catch_up\", max = 5 }\ncatch_up_max = 5",
+                "catch_up_max: misfire.max is set too; give only one of them",
+            ),
+            (
+                "misfire = 1",
+                "misfire: expected a string or a table such as { policy = \"catch_up\", max = 5 }, got an integer",
+            ),
+        ];
+        for (extra, message) in cases {
+            assert_eq!(
+                one_problem(&job(extra)),
+                format!("job \"x\": {message}"),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_problems_of_all_jobs_are_collected() {
+        let text = r#"
+            [[job]]
+            name = "orders"
+            every = "5s"
+            command = ["./a.sh"]
+            shards = 0
+            timeout = 30
+            colour = "red"
+
+            [[job]]
+            name = "billing"
+            kind = "billing.settle"
+            retries = { max = 200 }
+            misfire = "never"
+
+            [[job]]
+            name = "fine"
+            manual = true
+            kind = "h"
+        "#;
+        assert_eq!(
+            problems(text),
+            [
+                r#"job "orders": shards: must be between 1 and 10000, got 0"#,
+                r#"job "orders": timeout: expected a duration string such as "30s", got an integer"#,
+                r#"job "orders": colour: unknown field"#,
+                r#"job "billing": schedule: missing: set one of cron, every, delay, at or manual = true"#,
+                r#"job "billing": retries.max: must be between 0 and 100, got 200"#,
+                r#"job "billing": misfire: must be "fire_once", "skip" or "catch_up", got "never""#,
+            ]
+        );
+        let e = JobFile::from_toml(text).unwrap_err();
+        assert_eq!(e.to_string().lines().count(), 6);
+        assert_eq!(e.0[0].job.as_deref(), Some("orders"));
+        assert_eq!(e.0[0].field, "shards");
+        assert_eq!(e.0[0].message, "must be between 1 and 10000, got 0");
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let e = errors("[[job]]\nname = \"x\"\nshards = = 3\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].job, None);
+        assert_eq!(e[0].field, "(file)");
+        assert!(
+            e[0].message.starts_with("line 3, column "),
+            "{}",
+            e[0].message
+        );
+        assert!(e[0].message.contains("invalid TOML"), "{}", e[0].message);
+
+        let dup = errors("[[job]]\nname = \"x\"\nname = \"y\"\n");
+        assert_eq!(dup.len(), 1);
+        assert!(
+            dup[0].message.starts_with("line 3, column 1: "),
+            "{}",
+            dup[0].message
+        );
+
+        let json = JobFile::from_json("{\"job\": [\n  {\"name\": }\n]}")
+            .unwrap_err()
+            .0;
+        assert_eq!(json.len(), 1);
+        assert_eq!(json[0].field, "(file)");
+        assert!(
+            json[0].message.starts_with("line 2, column "),
+            "{}",
+            json[0].message
+        );
+        assert!(
+            !json[0].message.contains(" at line "),
+            "{}",
+            json[0].message
+        );
+    }
+
+    #[test]
+    fn json_documents() {
+        let spec = JobSpec::from_json(
+            r#"{"name": "x", "every": "5s", "command": ["./a.sh"], "timeout": null, "shards": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.shards, 2);
+        assert_eq!(spec.timeout, None);
+
+        let bad = JobSpec::from_json(
+            r#"{"name": "a b", "every": "5s", "command": ["./a.sh"], "shards": 1.5}"#,
+        )
+        .unwrap_err();
+        let lines: Vec<String> = bad.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"name: must be 1-128 characters of letters, digits, '.', '_' and '-', got "a b""#,
+                "shards: expected an integer, got a float",
+            ]
+        );
+        assert_eq!(
+            JobSpec::from_json("[1]").unwrap_err().to_string(),
+            "(document): expected a JSON object, got an array"
+        );
+        assert_eq!(
+            JobSpec::from_json(
+                r#"{"name": "x", "every": "5s", "command": ["./a.sh"], "shards": 5000000000}"#
+            )
+            .unwrap_err()
+            .to_string(),
+            r#"job "x": shards: must be between 1 and 10000, got 5000000000"#
+        );
+
+        let file = JobFile::from_json(
+            r#"{"job": [{"name": "a", "every": "1s", "kind": "h"}, {"name": "b", "manual": true, "kind": "h"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(file.jobs.len(), 2);
+        assert_eq!(
+            JobFile::from_json(r#"{"job": [{"name": "a", "every": "1s", "kind": "h"}, {"name": "a", "every": "1s", "kind": "h"}], "x": 1}"#)
+                .unwrap_err()
+                .to_string(),
+            "x: unknown top-level key (a job file holds only [[job]] tables)\njob \"a\": name: duplicate job name (also job #1)"
+        );
+        assert_eq!(
+            JobFile::from_json("[]").unwrap_err().to_string(),
+            "(file): expected a JSON object, got an array"
+        );
+    }
+
+    fn sample_specs() -> Vec<JobSpec> {
+        let name = |n: &str| JobName::new(n).unwrap();
+        let script = JobKind::Script {
+            command: vec!["./run.sh".into(), "--x=1".into(), "a \"q\"".into()],
+        };
+
+        let minimal = JobSpec::new(
+            name("minimal"),
+            Schedule::Every(Duration::from_millis(1500)),
+            script.clone(),
+        );
+
+        let mut full = JobSpec::new(
+            name("full"),
+            Schedule::Cron(CronSchedule::parse("0 30 2 * * *", Some("America/New_York")).unwrap()),
+            script,
+        );
+        full.description = "line one\nline \"two\"\t\\".into();
+        full.shards = 8;
+        full.shard_params = [
+            (0, "a".to_owned()),
+            (3, "b=c".to_owned()),
+            (7, String::new()),
+        ]
+        .into();
+        full.param = "p=1,q=2".into();
+        full.timeout = Some(Duration::from_secs(3600 + 1));
+        full.retries = RetryPolicy {
+            max: 5,
+            initial: Duration::from_millis(250),
+            max_delay: Duration::from_secs(86_400),
+        };
+        full.failover = false;
+        full.misfire = MisfirePolicy::CatchUp { max: 7 };
+        full.strategy = Strategy::Weighted;
+        full.labels = [
+            ("region".to_owned(), "eu".to_owned()),
+            ("app.io/tier".to_owned(), "web".to_owned()),
+        ]
+        .into();
+        full.overwrite = true;
+        full.enabled = false;
+        full.max_concurrent = Some(3);
+
+        let utc_cron = JobSpec::new(
+            name("utc-cron"),
+            Schedule::Cron(CronSchedule::parse("*/5 * * * *", None).unwrap()),
+            JobKind::Http,
+        );
+        let mut at = JobSpec::new(
+            name("at"),
+            Schedule::At(
+                Utc.with_ymd_and_hms(2030, 6, 1, 9, 0, 0).unwrap()
+                    + chrono::Duration::nanoseconds(123_456_789),
+            ),
+            JobKind::Handler("db.migrate".into()),
+        );
+        at.misfire = MisfirePolicy::Skip;
+        let mut manual = JobSpec::new(
+            name("manual"),
+            Schedule::Manual,
+            JobKind::Handler("app::Reindex".into()),
+        );
+        manual.strategy = Strategy::Odevity;
+        let delay = JobSpec::new(
+            name("delay"),
+            Schedule::Delay(Duration::from_secs(600)),
+            JobKind::Http,
+        );
+        vec![minimal, full, utc_cron, at, manual, delay]
+    }
+
+    #[test]
+    fn json_round_trip() {
+        for spec in sample_specs() {
+            let json = spec.to_json();
+            assert_eq!(
+                JobSpec::from_json_value(&json).as_ref(),
+                Ok(&spec),
+                "{json}"
+            );
+            let text = json.to_string();
+            assert_eq!(JobSpec::from_json(&text).as_ref(), Ok(&spec), "{text}");
+            // Deterministic output.
+            assert_eq!(spec.to_json().to_string(), text);
+            assert_eq!(spec.validate(), Ok(()));
+        }
+        let file = JobFile {
+            jobs: sample_specs(),
+        };
+        let text = serde_json::json!({ "job": file.jobs.iter().map(JobSpec::to_json).collect::<Vec<_>>() }).to_string();
+        assert_eq!(JobFile::from_json(&text), Ok(file));
+    }
+
+    #[test]
+    fn json_shape() {
+        let specs = sample_specs();
+        assert_eq!(
+            specs[0].to_json(),
+            serde_json::json!({
+                "name": "minimal",
+                "description": "",
+                "every": "1s500ms",
+                "shards": 1,
+                "shard_params": "",
+                "param": "",
+                "kind": "script",
+                "command": ["./run.sh", "--x=1", "a \"q\""],
+                "retries": { "max": 0, "initial": "1s", "max_delay": "1m" },
+                "failover": true,
+                "misfire": "fire_once",
+                "strategy": "average",
+                "labels": {},
+                "overwrite": false,
+                "enabled": true,
+            })
+        );
+        let full = specs[1].to_json();
+        assert_eq!(full["cron"], "0 30 2 * * *");
+        assert_eq!(full["tz"], "America/New_York");
+        assert_eq!(full["shard_params"], "0=a,3=b=c,7=");
+        assert_eq!(full["timeout"], "1h1s");
+        assert_eq!(full["misfire"], "catch_up");
+        assert_eq!(full["catch_up_max"], 7);
+        assert_eq!(full["max_concurrent"], 3);
+        assert_eq!(full["labels"]["app.io/tier"], "web");
+        assert_eq!(specs[2].to_json()["tz"], "UTC");
+        assert_eq!(specs[3].to_json()["at"], "2030-06-01T09:00:00.123456789Z");
+        assert_eq!(specs[4].to_json()["manual"], true);
+        assert_eq!(specs[5].to_json()["delay"], "10m");
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let file = JobFile {
+            jobs: sample_specs(),
+        };
+        assert_eq!(
+            file.jobs[0].to_toml(),
+            r#"[[job]]
+name = "minimal"
+description = ""
+every = "1s500ms"
+shards = 1
+shard_params = ""
+param = ""
+kind = "script"
+command = ["./run.sh", "--x=1", "a \"q\""]
+retries = { max = 0, initial = "1s", max_delay = "1m" }
+failover = true
+misfire = "fire_once"
+strategy = "average"
+labels = {}
+overwrite = false
+enabled = true
+"#
+        );
+        let text = file.to_toml();
+        assert!(
+            text.contains("\nlabels = { \"app.io/tier\" = \"web\", region = \"eu\" }\n"),
+            "{text}"
+        );
+        assert_eq!(
+            JobFile::from_toml(&text).map_err(|e| e.to_string()),
+            Ok(file),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn validate_catches_specs_a_file_cannot_hold() {
+        let mut spec = JobSpec::new(JobName::new("x").unwrap(), Schedule::Manual, JobKind::Http);
+        spec.shards = 2;
+        spec.shard_params = [(1, "a,b".to_owned())].into();
+        assert_eq!(spec.validate().unwrap_err().0[0].field, "shard_params");
+        spec.shard_params.clear();
+        spec.shards = 0;
+        assert_eq!(
+            spec.validate().unwrap_err().to_string(),
+            r#"job "x": shards: must be between 1 and 10000, got 0"#
+        );
     }
 }
