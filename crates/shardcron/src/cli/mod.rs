@@ -1,0 +1,88 @@
+//! Command-line parsing and dispatch. Exit codes (DESIGN.md section 9): 0 success,
+//! 2 bad usage or invalid input (the message names the field), 1 other failures.
+
+mod cron;
+mod job;
+mod shard;
+
+use std::fmt;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An error that maps to an exit code.
+#[derive(Debug)]
+pub(crate) enum CliError {
+    /// Bad usage or invalid input: exit 2. The message names the field.
+    Invalid(String),
+    /// Anything else: exit 1.
+    Failed(anyhow::Error),
+}
+
+impl CliError {
+    /// Invalid input in `field`.
+    pub(crate) fn invalid(field: &str, problem: impl fmt::Display) -> Self {
+        CliError::Invalid(format!("{field}: {problem}"))
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Failed(e)
+    }
+}
+
+pub(crate) type CliResult = Result<(), CliError>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shardcron",
+    version,
+    about = "A distributed job scheduler with sharding, failover and fencing."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Cron expression tools.
+    #[command(subcommand)]
+    Cron(cron::CronCommand),
+    /// Sharding strategy tools.
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
+    /// Job file tools.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+}
+
+/// Parse the command line, run the command, and turn the outcome into an exit code.
+pub(crate) fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to
+            // stderr (exit 2), as the contract requires.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let result = match cli.command {
+        Command::Cron(c) => cron::run(c),
+        Command::Shard(c) => shard::run(c),
+        Command::Job(c) => job::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Invalid(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
