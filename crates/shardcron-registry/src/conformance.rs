@@ -3060,3 +3060,72 @@ pub async fn model_based(factory: Factory) {
         panic!("the registry disagrees with the model: {e}");
     }
 }
+
+/// Implements [`Registry`] for a wrapper struct by delegating every call to one of
+/// its fields: for test fixtures that must keep something (a temporary directory, a
+/// server) alive exactly as long as the registry.
+#[macro_export]
+macro_rules! delegate_registry {
+    ($ty:ty, $field:ident) => {
+        #[$crate::__async_trait]
+        impl $crate::Registry for $ty {
+            async fn get(&self, key: &[u8]) -> $crate::Result<Option<$crate::KeyValue>> {
+                self.$field.get(key).await
+            }
+            async fn range(
+                &self,
+                req: $crate::RangeRequest,
+            ) -> $crate::Result<$crate::RangeResponse> {
+                self.$field.range(req).await
+            }
+            async fn put(
+                &self,
+                key: &[u8],
+                value: &[u8],
+                lease: Option<$crate::LeaseId>,
+            ) -> $crate::Result<$crate::Revision> {
+                self.$field.put(key, value, lease).await
+            }
+            async fn delete(&self, key: &[u8]) -> $crate::Result<$crate::DeleteResponse> {
+                self.$field.delete(key).await
+            }
+            async fn txn(&self, txn: $crate::Txn) -> $crate::Result<$crate::TxnResponse> {
+                self.$field.txn(txn).await
+            }
+            async fn lease_grant(
+                &self,
+                ttl: ::std::time::Duration,
+            ) -> $crate::Result<$crate::Lease> {
+                self.$field.lease_grant(ttl).await
+            }
+            async fn lease_keep_alive(
+                &self,
+                id: $crate::LeaseId,
+            ) -> $crate::Result<::std::time::Duration> {
+                self.$field.lease_keep_alive(id).await
+            }
+            async fn lease_revoke(&self, id: $crate::LeaseId) -> $crate::Result<()> {
+                self.$field.lease_revoke(id).await
+            }
+            async fn lease_time_to_live(
+                &self,
+                id: $crate::LeaseId,
+            ) -> $crate::Result<Option<::std::time::Duration>> {
+                self.$field.lease_time_to_live(id).await
+            }
+            async fn watch(
+                &self,
+                prefix: &[u8],
+                from_revision: $crate::Revision,
+            ) -> $crate::Result<$crate::WatchStream> {
+                self.$field.watch(prefix, from_revision).await
+            }
+            async fn compact(&self, revision: $crate::Revision) -> $crate::Result<()> {
+                self.$field.compact(revision).await
+            }
+            async fn current_revision(&self) -> $crate::Result<$crate::Revision> {
+                self.$field.current_revision().await
+            }
+        }
+    };
+}

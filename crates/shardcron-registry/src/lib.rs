@@ -7,8 +7,12 @@
 //! (module `conformance`, feature `conformance`) tests both.
 
 mod error;
+mod keeper;
 pub mod memory;
 mod model;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -16,8 +20,14 @@ pub mod conformance;
 use std::time::Duration;
 
 pub use error::{RegistryError, Result};
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdRegistry, EtcdTls};
+pub use keeper::{LeaseEvent, LeaseKeeper};
 pub use memory::{MemoryRegistry, MemoryRegistryOptions};
 pub use model::*;
+
+#[doc(hidden)]
+pub use async_trait::async_trait as __async_trait;
 
 /// The operations shardcron needs from a coordination store.
 ///

@@ -1,12 +1,7 @@
 //! The registry conformance kit run against the embedded backend, in memory and
 //! persisted to a data dir (which adds the write-ahead log to every operation).
 
-use std::time::Duration;
-
-use shardcron_registry::{
-    DeleteResponse, KeyValue, Lease, LeaseId, MemoryRegistry, MemoryRegistryOptions, RangeRequest,
-    RangeResponse, Registry, Result, Revision, Txn, TxnResponse, WatchStream,
-};
+use shardcron_registry::{MemoryRegistry, MemoryRegistryOptions};
 
 mod in_memory {
     use shardcron_registry::MemoryRegistry;
@@ -50,56 +45,7 @@ impl Persistent {
     }
 }
 
-#[async_trait::async_trait]
-impl Registry for Persistent {
-    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        self.registry.get(key).await
-    }
-
-    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.registry.range(req).await
-    }
-
-    async fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
-        self.registry.put(key, value, lease).await
-    }
-
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.registry.delete(key).await
-    }
-
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.registry.txn(txn).await
-    }
-
-    async fn lease_grant(&self, ttl: Duration) -> Result<Lease> {
-        self.registry.lease_grant(ttl).await
-    }
-
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration> {
-        self.registry.lease_keep_alive(id).await
-    }
-
-    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
-        self.registry.lease_revoke(id).await
-    }
-
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<Option<Duration>> {
-        self.registry.lease_time_to_live(id).await
-    }
-
-    async fn watch(&self, prefix: &[u8], from_revision: Revision) -> Result<WatchStream> {
-        self.registry.watch(prefix, from_revision).await
-    }
-
-    async fn compact(&self, revision: Revision) -> Result<()> {
-        self.registry.compact(revision).await
-    }
-
-    async fn current_revision(&self) -> Result<Revision> {
-        self.registry.current_revision().await
-    }
-}
+shardcron_registry::delegate_registry!(Persistent, registry);
 
 /// `run_all` is the entry point for backends that want one test: check it runs
 /// the kit to the end (on the in-memory backend, with fewer model cases).

@@ -307,10 +307,10 @@ impl Drop for Inner {
         // Anything still queued belongs to calls whose futures were dropped before
         // they were answered; write it anyway so the revision counter never goes back.
         let pending = std::mem::take(&mut self.lock().pending);
-        if let (Some(wal), false) = (&self.wal, pending.is_empty()) {
-            if let Ok(mut w) = wal.try_lock() {
-                let _ = w.append_blocking(&pending);
-            }
+        if let (Some(wal), false) = (&self.wal, pending.is_empty())
+            && let Ok(mut w) = wal.try_lock()
+        {
+            let _ = w.append_blocking(&pending);
         }
     }
 }

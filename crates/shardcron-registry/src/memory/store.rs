@@ -191,17 +191,17 @@ impl Store {
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             lease,
         };
-        if let Some(p) = &prev {
-            if p.lease != 0 && p.lease != lease {
-                if let Some(l) = self.leases.get_mut(&p.lease) {
-                    l.keys.remove(key);
-                }
-            }
+        if let Some(p) = &prev
+            && p.lease != 0
+            && p.lease != lease
+            && let Some(l) = self.leases.get_mut(&p.lease)
+        {
+            l.keys.remove(key);
         }
-        if lease != 0 {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.insert(key.to_vec());
-            }
+        if lease != 0
+            && let Some(l) = self.leases.get_mut(&lease)
+        {
+            l.keys.insert(key.to_vec());
         }
         self.kv.insert(key.to_vec(), kv.clone());
         events.push(WatchEvent {
@@ -219,10 +219,10 @@ impl Store {
         events: &mut Vec<WatchEvent>,
     ) -> Option<KeyValue> {
         let prev = self.kv.remove(key)?;
-        if prev.lease != 0 {
-            if let Some(l) = self.leases.get_mut(&prev.lease) {
-                l.keys.remove(key);
-            }
+        if prev.lease != 0
+            && let Some(l) = self.leases.get_mut(&prev.lease)
+        {
+            l.keys.remove(key);
         }
         events.push(WatchEvent {
             kind: EventKind::Delete,
