@@ -159,6 +159,42 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system clock with an adjustable offset on its wall time only, as a machine
+/// with a misconfigured NTP would have. For tests of the clock-skew guard.
+#[derive(Debug, Clone, Default)]
+pub struct SkewedClock {
+    inner: SystemClock,
+    skew: Arc<Mutex<chrono::Duration>>,
+}
+
+impl SkewedClock {
+    /// A system clock with no skew yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set the offset added to wall time (positive: ahead).
+    pub fn set_skew(&self, skew: chrono::Duration) {
+        match self.skew.lock() {
+            Ok(mut g) => *g = skew,
+            Err(p) => *p.into_inner() = skew,
+        }
+    }
+}
+
+impl Clock for SkewedClock {
+    fn wall(&self) -> DateTime<Utc> {
+        let skew = match self.skew.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        self.inner.wall() + skew
+    }
+    fn mono(&self) -> MonoTime {
+        self.inner.mono()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ pub mod job;
 pub mod schedule;
 pub mod sharding;
 
-pub use clock::{Clock, ManualClock, MonoTime, SystemClock};
+pub use clock::{Clock, ManualClock, MonoTime, SkewedClock, SystemClock};
 pub use execution::{ExecutionRecord, ExecutionSource, ExecutionStatus, ShardingContext};
 pub use job::{JobName, JobSpec};
 pub use schedule::Schedule;

@@ -1,0 +1,1147 @@
+//! [`Instance`]: one member of a cluster.
+//!
+//! An instance registers under a per-start identity bound to its own lease, keeps
+//! the lease alive, heartbeats its wall clock, mirrors the namespace, campaigns for
+//! leadership, and (as leader) publishes membership generations. From the current
+//! generation every instance computes every job's assignment itself.
+//!
+//! Losing the lease (the keeper reports it, a heartbeat's compare fails, or the
+//! instance key disappears from the mirror) *fences* the instance: it stops acting
+//! on the old identity at once, then registers again under a new one. It never
+//! shuts itself down because of a lost session. A graceful shutdown revokes the
+//! lease so the others react at once; a shutdown *request* is carried out by the
+//! target itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use shardcron_core::clock::SharedClock;
+use shardcron_core::job::{JobKind, JobSpec};
+use shardcron_core::sharding::ShardingInstance;
+use shardcron_registry::{
+    Compare, CompareOp, CompareTarget, Lease, LeaseEvent, LeaseKeeper, Registry, Txn, TxnOp,
+};
+use tokio::sync::{broadcast, watch};
+
+use crate::cluster::decode_job;
+use crate::error::{Error, Result};
+use crate::keys::{self, Key};
+use crate::mirror::Mirror;
+use crate::model::{
+    Generation, InstanceFlag, InstanceInfo, ItemFlag, LeaderInfo, Member, Schema, TriggerRequest,
+    decode, encode,
+};
+use crate::skew::{SkewGuard, SkewStatus};
+
+/// How an instance runs.
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// Stable name; flags such as "disabled" attach to it. Default: the host name.
+    pub name: String,
+    /// Labels that jobs select on.
+    pub labels: BTreeMap<String, String>,
+    /// Job kinds and handler names this instance can run.
+    pub capabilities: Vec<String>,
+    /// Relative capacity (weighted strategy), at least 1.
+    pub weight: u32,
+    /// Lease TTL (default 5 s).
+    pub lease_ttl: Duration,
+    /// Stop acting this long before the lease's local deadline (default TTL / 5).
+    pub fence_margin: Duration,
+    /// How often the instance writes its heartbeat (default 2 s).
+    pub heartbeat_interval: Duration,
+    /// How often mirrors re-list everything as a reconcile (default 30 s).
+    pub reconcile_interval: Duration,
+    /// Largest tolerated clock skew against the cluster (default 2 s).
+    pub max_clock_skew: Duration,
+}
+
+impl InstanceConfig {
+    /// Defaults with the machine's host name as the name.
+    pub fn new() -> Self {
+        InstanceConfig {
+            name: host_name(),
+            labels: BTreeMap::new(),
+            capabilities: vec!["script".into(), "http".into()],
+            weight: 1,
+            lease_ttl: Duration::from_secs(5),
+            fence_margin: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(2),
+            reconcile_interval: Duration::from_secs(30),
+            max_clock_skew: Duration::from_secs(2),
+        }
+    }
+
+    /// Refuse settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(Error::Invalid(format!(
+                "name: must be 1-64 characters of letters, digits, '.', '_' and '-', got {:?}",
+                self.name
+            )));
+        }
+        if self.weight == 0 || self.weight > 10_000 {
+            return Err(Error::Invalid(format!(
+                "weight: must be between 1 and 10000, got {}",
+                self.weight
+            )));
+        }
+        if self.lease_ttl < Duration::from_secs(2) {
+            return Err(Error::Invalid(format!(
+                "lease_ttl: must be at least 2s (etcd's minimum), got {:?}",
+                self.lease_ttl
+            )));
+        }
+        if self.fence_margin >= self.lease_ttl / 2 {
+            return Err(Error::Invalid(format!(
+                "fence_margin: must be less than half the lease TTL ({:?}), got {:?}",
+                self.lease_ttl / 2,
+                self.fence_margin
+            )));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || v.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "labels: keys and values must not be empty, got {k:?}={v:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The machine's host name, cleaned to `[A-Za-z0-9._-]`.
+pub fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_else(|_| "localhost".into());
+    let clean: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "localhost".into()
+    } else {
+        clean
+    }
+}
+
+/// Something that happened to an instance (for logs, tests and the console).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEvent {
+    /// Registered under a new identity.
+    Registered {
+        /// The identity.
+        id: String,
+    },
+    /// Stopped acting on an identity whose lease can no longer be trusted.
+    Fenced {
+        /// The identity.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Became the leader.
+    Elected {
+        /// The leader token.
+        token: i64,
+    },
+    /// Stopped being the leader.
+    Deposed,
+    /// Published a generation (as leader).
+    Published {
+        /// Generation number.
+        number: u64,
+    },
+    /// A shutdown request for this instance arrived.
+    ShutdownRequested,
+}
+
+/// Why a job does not run anywhere, or does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobPlacement {
+    /// Assigned: items per instance id.
+    Assigned(BTreeMap<String, Vec<u32>>),
+    /// No live, enabled instance matches the job's labels and kind.
+    NoEligibleInstance,
+    /// The job is disabled.
+    Disabled,
+    /// No generation has been published yet.
+    NoGeneration,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: String,
+    lease: Lease,
+    reg_rev: i64,
+    keeper: LeaseKeeper,
+}
+
+#[derive(Debug)]
+struct Mirrors {
+    instances: Arc<Mirror>,
+    leader: Arc<Mirror>,
+    generation: Arc<Mirror>,
+    jobs: Arc<Mirror>,
+    items: Arc<Mirror>,
+    flags: Arc<Mirror>,
+    requests: Arc<Mirror>,
+}
+
+impl Mirrors {
+    fn all(&self) -> [&Arc<Mirror>; 7] {
+        [
+            &self.instances,
+            &self.leader,
+            &self.generation,
+            &self.jobs,
+            &self.items,
+            &self.flags,
+            &self.requests,
+        ]
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) clock: SharedClock,
+    pub(crate) config: InstanceConfig,
+    session: RwLock<Option<Arc<Session>>>,
+    /// Leader token while this instance leads.
+    leader_token: RwLock<Option<i64>>,
+    mirrors: Mirrors,
+    skew: Mutex<SkewGuard>,
+    stop: watch::Sender<bool>,
+    events: broadcast::Sender<InstanceEvent>,
+    shutdown_requested: watch::Sender<bool>,
+    /// Set while a fence is in progress; no claim may start.
+    fenced: AtomicBool,
+    /// The weight announced in heartbeats (changeable live).
+    weight: AtomicU32,
+    /// Wakes the heartbeat loop early (after a weight change).
+    heartbeat_now: tokio::sync::Notify,
+    session_changed: watch::Sender<u64>,
+}
+
+/// A running instance. Dropping it stops its tasks without revoking its lease
+/// (like a crash: the others notice when the lease expires); call
+/// [`Instance::shutdown`] for a graceful stop.
+#[derive(Debug)]
+pub struct Instance {
+    shared: Arc<Shared>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match l.read() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    match l.write() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match l.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Create the schema key if absent; refuse a namespace of a newer major version.
+pub async fn check_schema(registry: &dyn Registry) -> Result<Schema> {
+    let ours = Schema {
+        major: keys::SCHEMA_MAJOR,
+        minor: keys::SCHEMA_MINOR,
+    };
+    let resp = registry
+        .txn(
+            Txn::new()
+                .when(Compare::absent(keys::schema()))
+                .and_then(TxnOp::put(keys::schema(), encode(&ours)))
+                .or_else(TxnOp::get(keys::schema())),
+        )
+        .await?;
+    if resp.succeeded {
+        return Ok(ours);
+    }
+    let found = resp
+        .responses
+        .into_iter()
+        .find_map(|r| match r {
+            shardcron_registry::OpResponse::Get { kvs } => kvs.into_iter().next(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::NotFound("schema key".into()))?;
+    let schema: Schema = decode(&found.key, &found.value)?;
+    if schema.major > keys::SCHEMA_MAJOR {
+        return Err(Error::SchemaTooNew {
+            found_major: schema.major,
+            found_minor: schema.minor,
+            known_major: keys::SCHEMA_MAJOR,
+        });
+    }
+    Ok(schema)
+}
+
+impl Instance {
+    /// Join the cluster of `registry`: check the key schema, register, and start
+    /// the background tasks. Returns once registered.
+    pub async fn start(
+        registry: Arc<dyn Registry>,
+        clock: SharedClock,
+        config: InstanceConfig,
+    ) -> Result<Instance> {
+        config.validate()?;
+        check_schema(registry.as_ref()).await?;
+        let (stop, stop_rx) = watch::channel(false);
+        let reconcile = config.reconcile_interval;
+        let m = |p: &[u8]| Mirror::spawn(registry.clone(), p, reconcile, stop_rx.clone());
+        let mirrors = Mirrors {
+            instances: m(keys::INSTANCES.as_bytes()),
+            leader: m(&keys::leader()),
+            generation: m(&keys::generation()),
+            jobs: m(keys::JOBS.as_bytes()),
+            items: m(keys::ITEMS.as_bytes()),
+            flags: m(keys::INSTANCE_FLAGS.as_bytes()),
+            requests: m(keys::REQUESTS.as_bytes()),
+        };
+        let (events, _) = broadcast::channel(256);
+        let weight = config.weight;
+        let shared = Arc::new(Shared {
+            registry,
+            clock,
+            config,
+            session: RwLock::new(None),
+            leader_token: RwLock::new(None),
+            mirrors,
+            skew: Mutex::new(SkewGuard::default()),
+            stop,
+            events,
+            shutdown_requested: watch::channel(false).0,
+            fenced: AtomicBool::new(true),
+            weight: AtomicU32::new(weight),
+            heartbeat_now: tokio::sync::Notify::new(),
+            session_changed: watch::channel(0).0,
+        });
+        let session = register(&shared).await?;
+        install_session(&shared, session);
+        for mirror in shared.mirrors.all() {
+            mirror.synced().await;
+        }
+        tokio::spawn(session_loop(shared.clone()));
+        tokio::spawn(heartbeat_loop(shared.clone()));
+        tokio::spawn(leader_loop(shared.clone()));
+        tokio::spawn(watch_instances(shared.clone()));
+        tokio::spawn(watch_requests(shared.clone()));
+        Ok(Instance { shared })
+    }
+
+    /// The current identity (None while fenced and not yet re-registered).
+    pub fn id(&self) -> Option<String> {
+        if self.shared.fenced.load(Ordering::SeqCst) {
+            return None;
+        }
+        read(&self.shared.session).as_ref().map(|s| s.id.clone())
+    }
+
+    /// The stable name.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// Whether this instance is the leader now.
+    pub fn is_leader(&self) -> bool {
+        read(&self.shared.leader_token).is_some()
+    }
+
+    /// Events (registration, fencing, leadership, generations, shutdown requests).
+    pub fn events(&self) -> broadcast::Receiver<InstanceEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Resolves when a shutdown request for this instance has arrived.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shared.shutdown_requested.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The generation this instance sees.
+    pub fn generation(&self) -> Option<Generation> {
+        self.shared.generation()
+    }
+
+    /// Where a job runs, as computed locally from the generation.
+    pub fn placement(&self, job: &str) -> Option<JobPlacement> {
+        let spec = self.shared.job(job)?;
+        Some(self.shared.placement(&spec))
+    }
+
+    /// The items of `job` this instance owns now (disabled items excluded).
+    pub fn my_items(&self, job: &str) -> Vec<u32> {
+        let Some(id) = self.id() else {
+            return Vec::new();
+        };
+        let Some(spec) = self.shared.job(job) else {
+            return Vec::new();
+        };
+        match self.shared.placement(&spec) {
+            JobPlacement::Assigned(a) => {
+                let disabled = self.shared.disabled_items(job);
+                a.get(&id)
+                    .map(|items| {
+                        items
+                            .iter()
+                            .copied()
+                            .filter(|i| !disabled.contains(i))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Trigger requests this instance sees, oldest first.
+    pub fn pending_triggers(&self) -> Vec<TriggerRequest> {
+        self.shared.mirrors.requests.read(|m| {
+            m.iter()
+                .filter(|(k, _)| matches!(Key::parse(k), Key::TriggerRequest(_)))
+                .filter_map(|(k, kv)| decode::<TriggerRequest>(k, &kv.value).ok())
+                .collect()
+        })
+    }
+
+    /// Executions whose cancellation was requested.
+    pub fn pending_cancels(&self) -> Vec<String> {
+        self.shared.mirrors.requests.read(|m| {
+            m.keys()
+                .filter_map(|k| match Key::parse(k) {
+                    Key::CancelRequest(e) => Some(e),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    /// Change the weight this instance announces; the leader publishes a new
+    /// generation with it.
+    pub fn set_weight(&self, weight: u32) -> Result<()> {
+        if weight == 0 || weight > 10_000 {
+            return Err(Error::Invalid(format!(
+                "weight: must be between 1 and 10000, got {weight}"
+            )));
+        }
+        self.shared.weight.store(weight, Ordering::SeqCst);
+        self.shared.heartbeat_now.notify_one();
+        Ok(())
+    }
+
+    /// The clock-skew guard's verdict now.
+    pub fn skew(&self) -> SkewStatus {
+        self.shared.skew_status()
+    }
+
+    /// The lease's local deadline margin check: whether the instance may act now.
+    pub fn may_act(&self) -> bool {
+        self.shared.may_act()
+    }
+
+    /// Stop gracefully: stop the tasks and revoke the lease, so the others react at
+    /// once (the instance and leader keys disappear with it).
+    pub async fn shutdown(self) -> Result<()> {
+        graceful_stop(&self.shared).await
+    }
+
+    /// Whether the instance has stopped (after a shutdown request or a shutdown).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.shared.stop.send(true);
+        if let Some(s) = read(&self.shared.session).as_ref() {
+            s.keeper.stop();
+        }
+    }
+}
+
+impl Shared {
+    fn emit(&self, e: InstanceEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    pub(crate) fn current_session(&self) -> Option<(String, i64)> {
+        if self.fenced.load(Ordering::SeqCst) {
+            return None;
+        }
+        read(&self.session)
+            .as_ref()
+            .map(|s| (s.id.clone(), s.reg_rev))
+    }
+
+    pub(crate) fn may_act(&self) -> bool {
+        if self.fenced.load(Ordering::SeqCst) || self.stopped() {
+            return false;
+        }
+        read(&self.session)
+            .as_ref()
+            .is_some_and(|s| s.keeper.is_valid(self.config.fence_margin))
+    }
+
+    pub(crate) fn generation(&self) -> Option<Generation> {
+        let kv = self.mirrors.generation.get(&keys::generation())?;
+        decode(&kv.key, &kv.value).ok()
+    }
+
+    pub(crate) fn job(&self, name: &str) -> Option<JobSpec> {
+        let kv = self.mirrors.jobs.get(&keys::job(name))?;
+        match decode_job(&kv.key, &kv.value) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a malformed job");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn disabled_items(&self, job: &str) -> Vec<u32> {
+        let prefix = keys::items_of(job);
+        self.mirrors.items.read(|m| {
+            m.range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .filter_map(|(k, kv)| match Key::parse(k) {
+                    Key::Item(_, i) => decode::<ItemFlag>(k, &kv.value)
+                        .ok()
+                        .filter(|f| f.disabled)
+                        .map(|_| i),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    pub(crate) fn placement(&self, spec: &JobSpec) -> JobPlacement {
+        if !spec.enabled {
+            return JobPlacement::Disabled;
+        }
+        let Some(current) = self.generation() else {
+            return JobPlacement::NoGeneration;
+        };
+        let eligible: Vec<ShardingInstance> = current
+            .members
+            .iter()
+            .filter(|m| eligible(spec, m))
+            .map(|m| ShardingInstance {
+                id: m.id.clone(),
+                weight: m.weight.max(1),
+            })
+            .collect();
+        if eligible.is_empty() {
+            return JobPlacement::NoEligibleInstance;
+        }
+        JobPlacement::Assigned(
+            spec.strategy
+                .assign(spec.name.as_str(), spec.shards, &eligible),
+        )
+    }
+
+    fn skew_status(&self) -> SkewStatus {
+        let Some((me, _)) = self.current_session() else {
+            return SkewStatus::Unknown;
+        };
+        let others: Vec<String> = self.mirrors.instances.read(|m| {
+            m.keys()
+                .filter_map(|k| match Key::parse(k) {
+                    Key::Instance(id) if id != me => Some(id),
+                    _ => None,
+                })
+                .collect()
+        });
+        let leader = self
+            .mirrors
+            .leader
+            .get(&keys::leader())
+            .and_then(|kv| decode::<LeaderInfo>(&kv.key, &kv.value).ok())
+            .map(|l| l.instance);
+        lock(&self.skew).status(
+            &others,
+            &me,
+            leader.as_deref(),
+            self.clock.mono(),
+            self.config.heartbeat_interval * 3,
+            self.config.max_clock_skew,
+        )
+    }
+
+    fn info(&self, id: &str) -> InstanceInfo {
+        let now = self.clock.wall();
+        InstanceInfo {
+            id: id.to_string(),
+            name: self.config.name.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            labels: self.config.labels.clone(),
+            capabilities: self.config.capabilities.clone(),
+            weight: self.weight.load(Ordering::SeqCst),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            heartbeat: now,
+            started: now,
+        }
+    }
+
+    /// Stop acting on the current identity (idempotent per identity).
+    fn fence(&self, id: &str, reason: &str) {
+        let current = read(&self.session).as_ref().map(|s| s.id.clone());
+        if current.as_deref() != Some(id) {
+            return;
+        }
+        if self.fenced.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            instance = id,
+            reason,
+            "fencing: the lease can no longer be trusted"
+        );
+        *write(&self.leader_token) = None;
+        self.emit(InstanceEvent::Fenced {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        });
+        self.session_changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// Stop every task and revoke the lease (once).
+async fn graceful_stop(shared: &Arc<Shared>) -> Result<()> {
+    let already = shared.stopped();
+    let _ = shared.stop.send(true);
+    *write(&shared.leader_token) = None;
+    if already {
+        return Ok(());
+    }
+    let session = read(&shared.session).clone();
+    if let Some(s) = session {
+        s.keeper.stop();
+        shared.registry.lease_revoke(s.lease.id).await?;
+    }
+    Ok(())
+}
+
+/// Whether member `m` may run `spec`: it carries every label the job asks for and
+/// can run the job's kind.
+fn eligible(spec: &JobSpec, m: &Member) -> bool {
+    let labels_ok = spec.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v));
+    let kind = match &spec.kind {
+        JobKind::Script { .. } => "script",
+        JobKind::Http => "http",
+        JobKind::Handler(h) => h.as_str(),
+    };
+    labels_ok && m.capabilities.iter().any(|c| c == kind)
+}
+
+/// Grant a lease and create the instance key under a fresh identity.
+async fn register(shared: &Arc<Shared>) -> Result<Session> {
+    let sent = shared.clock.mono();
+    let lease = shared.registry.lease_grant(shared.config.lease_ttl).await?;
+    let id = format!("{}-{:x}", shared.config.name, lease.id);
+    let key = keys::instance(&id);
+    let resp = shared
+        .registry
+        .txn(
+            Txn::new()
+                .when(Compare::absent(key.clone()))
+                .and_then(TxnOp::put_with_lease(
+                    key,
+                    encode(&shared.info(&id)),
+                    lease.id,
+                )),
+        )
+        .await?;
+    if !resp.succeeded {
+        let _ = shared.registry.lease_revoke(lease.id).await;
+        return Err(Error::Conflict(format!("instance key {id} already exists")));
+    }
+    let (keeper, events) =
+        LeaseKeeper::start(shared.registry.clone(), lease, sent, shared.clock.clone());
+    tokio::spawn(forward_lease_events(shared.clone(), id.clone(), events));
+    Ok(Session {
+        id,
+        lease,
+        reg_rev: resp.revision,
+        keeper,
+    })
+}
+
+fn install_session(shared: &Arc<Shared>, s: Session) {
+    let id = s.id.clone();
+    *write(&shared.session) = Some(Arc::new(s));
+    shared.fenced.store(false, Ordering::SeqCst);
+    tracing::info!(instance = %id, "registered");
+    shared.emit(InstanceEvent::Registered { id });
+    shared.session_changed.send_modify(|v| *v += 1);
+}
+
+async fn forward_lease_events(
+    shared: Arc<Shared>,
+    id: String,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<LeaseEvent>,
+) {
+    if let Some(LeaseEvent::Lost { reason }) = events.recv().await {
+        shared.fence(&id, &reason);
+    }
+}
+
+/// Re-register under a new identity whenever the current one is fenced.
+async fn session_loop(shared: Arc<Shared>) {
+    let mut changed = shared.session_changed.subscribe();
+    let mut stop = shared.stop.subscribe();
+    loop {
+        if shared.stopped() {
+            return;
+        }
+        if shared.fenced.load(Ordering::SeqCst) {
+            let old = write(&shared.session).take();
+            if let Some(old) = old {
+                old.keeper.stop();
+                // Best effort: the lease is untrusted; revoking it makes the old
+                // identity disappear at once if the registry still has it.
+                let _ = shared.registry.lease_revoke(old.lease.id).await;
+            }
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if shared.stopped() {
+                    return;
+                }
+                match register(&shared).await {
+                    Ok(s) => {
+                        install_session(&shared, s);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registration failed; retrying");
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = changed.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Write the heartbeat; a failed compare means the identity is gone: fence.
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+            () = shared.heartbeat_now.notified() => {}
+        }
+        let Some(s) = read(&shared.session).clone() else {
+            continue;
+        };
+        if shared.fenced.load(Ordering::SeqCst) {
+            continue;
+        }
+        if !s.keeper.is_valid(shared.config.fence_margin) {
+            shared.fence(
+                &s.id,
+                "the lease's local deadline (minus the fence margin) has passed",
+            );
+            continue;
+        }
+        let key = keys::instance(&s.id);
+        let mut info = shared.info(&s.id);
+        if let Some(kv) = shared.mirrors.instances.get(&key)
+            && let Ok(old) = decode::<InstanceInfo>(&kv.key, &kv.value)
+        {
+            info.started = old.started;
+        }
+        let res = shared
+            .registry
+            .txn(
+                Txn::new()
+                    .when(Compare::new(
+                        key.clone(),
+                        CompareOp::Equal,
+                        CompareTarget::CreateRevision(s.reg_rev),
+                    ))
+                    .and_then(TxnOp::put_with_lease(key, encode(&info), s.lease.id)),
+            )
+            .await;
+        match res {
+            Ok(r) if !r.succeeded => {
+                shared.fence(&s.id, "the instance key is gone (lease expired or revoked)")
+            }
+            Err(shardcron_registry::RegistryError::LeaseNotFound(_)) => {
+                shared.fence(&s.id, "the registry no longer has the lease")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// Watch the instance mirror: fence at once if our own key disappears, and feed
+/// other instances' heartbeats to the skew guard.
+async fn watch_instances(shared: Arc<Shared>) {
+    let mut rx = shared.mirrors.instances.subscribe();
+    let mut stop = shared.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let now = shared.clock.wall();
+        let at = shared.clock.mono();
+        let session = shared.current_session();
+        let mut live = Vec::new();
+        let mut own_present = false;
+        shared.mirrors.instances.read(|m| {
+            let mut guard = lock(&shared.skew);
+            for (k, kv) in m {
+                let Key::Instance(id) = Key::parse(k) else {
+                    continue;
+                };
+                if let Some((me, reg_rev)) = &session
+                    && &id == me
+                    && kv.create_revision == *reg_rev
+                {
+                    own_present = true;
+                    continue;
+                }
+                if let Ok(info) = decode::<InstanceInfo>(k, &kv.value) {
+                    guard.observe(&id, info.heartbeat, now, at);
+                }
+                live.push(id);
+            }
+            guard.retain(|id| live.iter().any(|l| l == id));
+        });
+        if let Some((me, reg_rev)) = session
+            && !own_present
+            && shared.mirrors.instances.revision() > reg_rev
+        {
+            shared.fence(&me, "the instance key disappeared from the registry");
+        }
+    }
+}
+
+/// Carry out shutdown requests addressed to this instance.
+async fn watch_requests(shared: Arc<Shared>) {
+    let mut rx = shared.mirrors.requests.subscribe();
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let Some((me, _)) = shared.current_session() else {
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        };
+        let key = keys::shutdown_request(&me);
+        if shared.mirrors.requests.get(&key).is_some() && !*shared.shutdown_requested.borrow() {
+            tracing::info!(instance = %me, "shutdown requested; shutting down gracefully");
+            let _ = shared.registry.delete(&key).await;
+            shared.emit(InstanceEvent::ShutdownRequested);
+            // Carried out here, by the target itself: stop acting, then revoke our
+            // own lease so the others react at once.
+            let _ = graceful_stop(&shared).await;
+            shared.shutdown_requested.send_replace(true);
+            return;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Campaign for leadership; while leading, publish generations and collect garbage.
+async fn leader_loop(shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    let mut leader_rx = shared.mirrors.leader.subscribe();
+    loop {
+        if shared.stopped() {
+            return;
+        }
+        let session = read(&shared.session).clone();
+        let Some(s) = session.filter(|_| shared.may_act()) else {
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        };
+        match campaign(&shared, &s).await {
+            Ok(Some(token)) => {
+                *write(&shared.leader_token) = Some(token);
+                tracing::info!(instance = %s.id, token, "elected leader");
+                shared.emit(InstanceEvent::Elected { token });
+                lead(&shared, &s, token).await;
+                *write(&shared.leader_token) = None;
+                shared.emit(InstanceEvent::Deposed);
+            }
+            Ok(None) => {
+                // Someone else leads: wait until the leader key changes (or a
+                // periodic retry, in case a change was missed).
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = leader_rx.changed() => {}
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "campaign failed");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Try to become leader. Never uses etcd's Lock RPC: create-if-absent of a key
+/// bound to our lease, then re-read it and check lease and create revision.
+async fn campaign(shared: &Arc<Shared>, s: &Session) -> Result<Option<i64>> {
+    let info = LeaderInfo {
+        instance: s.id.clone(),
+        elected: shared.clock.wall(),
+    };
+    let resp = shared
+        .registry
+        .txn(
+            Txn::new()
+                .when(Compare::absent(keys::leader()))
+                .and_then(TxnOp::put_with_lease(
+                    keys::leader(),
+                    encode(&info),
+                    s.lease.id,
+                )),
+        )
+        .await?;
+    let Some(kv) = shared.registry.get(&keys::leader()).await? else {
+        return Ok(None);
+    };
+    let ours = kv.lease == s.lease.id
+        && decode::<LeaderInfo>(&kv.key, &kv.value).is_ok_and(|l| l.instance == s.id);
+    if resp.succeeded && ours && kv.create_revision == resp.revision {
+        return Ok(Some(kv.create_revision));
+    }
+    // A leader key of ours from before (e.g. an ambiguous earlier attempt).
+    if ours {
+        return Ok(Some(kv.create_revision));
+    }
+    Ok(None)
+}
+
+/// Leader duties, until leadership or the session is lost.
+async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
+    let mut stop = shared.stop.subscribe();
+    let mut inst = shared.mirrors.instances.subscribe();
+    let mut flags = shared.mirrors.flags.subscribe();
+    let mut gen_rx = shared.mirrors.generation.subscribe();
+    let mut lead_rx = shared.mirrors.leader.subscribe();
+    let mut sess = shared.session_changed.subscribe();
+    loop {
+        if shared.stopped() || !shared.may_act() {
+            return;
+        }
+        let still = shared
+            .mirrors
+            .leader
+            .get(&keys::leader())
+            .is_some_and(|kv| kv.create_revision == token && kv.lease == s.lease.id);
+        if !still && shared.mirrors.leader.revision() >= token {
+            return;
+        }
+        match publish_generation(shared, token).await {
+            Ok(Some(n)) => shared.emit(InstanceEvent::Published { number: n }),
+            Ok(None) => {}
+            Err(Error::Conflict(_)) => return,
+            Err(e) => tracing::debug!(error = %e, "publishing the generation failed"),
+        }
+        if let Err(e) = collect_garbage(shared).await {
+            tracing::debug!(error = %e, "garbage collection failed");
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = inst.changed() => {}
+            _ = flags.changed() => {}
+            _ = gen_rx.changed() => {}
+            _ = lead_rx.changed() => {}
+            _ = sess.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The members a generation should list now, keeping the join order of `prev`.
+fn next_members(shared: &Shared, prev: Option<&Generation>) -> Vec<Member> {
+    let disabled: Vec<String> = shared.mirrors.flags.read(|m| {
+        m.iter()
+            .filter_map(|(k, kv)| match Key::parse(k) {
+                Key::InstanceFlag(name) => decode::<InstanceFlag>(k, &kv.value)
+                    .ok()
+                    .filter(|f| f.disabled)
+                    .map(|_| name),
+                _ => None,
+            })
+            .collect()
+    });
+    let mut live: Vec<(InstanceInfo, i64)> = shared.mirrors.instances.read(|m| {
+        m.iter()
+            .filter_map(|(k, kv)| {
+                decode::<InstanceInfo>(k, &kv.value)
+                    .ok()
+                    .map(|i| (i, kv.create_revision))
+            })
+            .filter(|(i, _)| !disabled.contains(&i.name))
+            .collect()
+    });
+    // New instances join at the end, in registration order.
+    live.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.id.cmp(&b.0.id)));
+    let member = |i: &InstanceInfo| Member {
+        id: i.id.clone(),
+        weight: i.weight.max(1),
+        labels: i.labels.clone(),
+        capabilities: i.capabilities.clone(),
+    };
+    let mut out: Vec<Member> = Vec::with_capacity(live.len());
+    if let Some(prev) = prev {
+        for m in &prev.members {
+            if let Some((i, _)) = live.iter().find(|(i, _)| i.id == m.id) {
+                out.push(member(i));
+            }
+        }
+    }
+    for (i, _) in &live {
+        if !out.iter().any(|m| m.id == i.id) {
+            out.push(member(i));
+        }
+    }
+    out
+}
+
+/// Publish a new generation if membership changed. `Conflict` means leadership
+/// was lost (the leader compare failed).
+async fn publish_generation(shared: &Arc<Shared>, token: i64) -> Result<Option<u64>> {
+    let current = shared.mirrors.generation.get(&keys::generation());
+    let prev: Option<Generation> = current
+        .as_ref()
+        .and_then(|kv| decode(&kv.key, &kv.value).ok());
+    let members = next_members(shared, prev.as_ref());
+    if prev.as_ref().is_some_and(|p| p.members == members) {
+        return Ok(None);
+    }
+    let number = prev.as_ref().map_or(1, |p| p.number + 1);
+    let next = Generation {
+        number,
+        leader_token: token,
+        members,
+        published: shared.clock.wall(),
+    };
+    let gen_rev = current.as_ref().map_or(0, |kv| kv.mod_revision);
+    let resp = shared
+        .registry
+        .txn(
+            Txn::new()
+                .when(Compare::new(
+                    keys::leader(),
+                    CompareOp::Equal,
+                    CompareTarget::CreateRevision(token),
+                ))
+                .when(Compare::new(
+                    keys::generation(),
+                    CompareOp::Equal,
+                    CompareTarget::ModRevision(gen_rev),
+                ))
+                .and_then(TxnOp::put(keys::generation(), encode(&next)))
+                .or_else(TxnOp::get(keys::leader())),
+        )
+        .await?;
+    if resp.succeeded {
+        tracing::info!(number, members = next.members.len(), "published generation");
+        return Ok(Some(number));
+    }
+    let still_leader = resp.responses.iter().any(|r| match r {
+        shardcron_registry::OpResponse::Get { kvs } => {
+            kvs.iter().any(|kv| kv.create_revision == token)
+        }
+        _ => false,
+    });
+    if still_leader {
+        // Our generation view was stale; the mirror catches up and we retry.
+        Ok(None)
+    } else {
+        Err(Error::Conflict("leadership lost".into()))
+    }
+}
+
+/// Remove keys that refer to instances that are gone: shutdown requests for dead
+/// identities. (Instance keys expire with their leases; requests with theirs.)
+async fn collect_garbage(shared: &Arc<Shared>) -> Result<()> {
+    let live: Vec<String> = shared.mirrors.instances.read(|m| {
+        m.keys()
+            .filter_map(|k| match Key::parse(k) {
+                Key::Instance(id) => Some(id),
+                _ => None,
+            })
+            .collect()
+    });
+    let dead: Vec<Vec<u8>> = shared.mirrors.requests.read(|m| {
+        m.keys()
+            .filter(|k| matches!(Key::parse(k), Key::ShutdownRequest(ref id) if !live.contains(id)))
+            .cloned()
+            .collect()
+    });
+    for k in dead {
+        shared.registry.delete(&k).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! A shardcron instance: membership, leader election, membership generations,
+//! assignments and operations, over any [`shardcron_registry::Registry`] (the
+//! embedded one or etcd), so that it behaves the same on both.
+//!
+//! - [`Instance`] joins a cluster: it registers under a per-start identity bound to
+//!   its own lease, heartbeats, mirrors the namespace, campaigns for leadership and,
+//!   as leader, publishes membership generations from which every instance computes
+//!   every job's assignment locally.
+//! - [`Cluster`] reads and changes a namespace as the API, CLI and job files do:
+//!   jobs, item and instance flags, trigger/cancel/shutdown requests.
+//! - [`keys`] is the key layout, in one place.
+
+pub mod cluster;
+mod error;
+pub mod instance;
+pub mod keys;
+pub mod mirror;
+pub mod model;
+pub mod skew;
+
+pub use cluster::{ApplyOutcome, Cluster, StoredJob};
+pub use error::{Error, Result};
+pub use instance::{Instance, InstanceConfig, InstanceEvent, JobPlacement};
+pub use skew::SkewStatus;
