@@ -15,6 +15,7 @@ mod error;
 pub mod instance;
 pub mod keys;
 pub mod mirror;
+pub mod misfire;
 pub mod model;
 pub mod skew;
 
