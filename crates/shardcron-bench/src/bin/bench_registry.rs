@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use shardcron_bench::{Latencies, machine, ms};
 use shardcron_registry::{
-    Compare, EtcdOptions, EtcdRegistry, MemoryRegistry, MemoryRegistryOptions, Registry, Txn,
-    TxnOp,
+    Compare, EtcdOptions, EtcdRegistry, MemoryRegistry, MemoryRegistryOptions, Registry, Txn, TxnOp,
 };
 use shardcron_testkit::EtcdServer;
 
@@ -64,7 +63,11 @@ where
     for t in tasks {
         all.extend(t.await.context("benchmark task panicked")??);
     }
-    Ok((done.load(Ordering::Relaxed), start.elapsed().as_secs_f64(), all))
+    Ok((
+        done.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+        all,
+    ))
 }
 
 async fn bench_trait(
@@ -117,7 +120,11 @@ async fn bench_raw(
                     etcd_client::CompareOp::Equal,
                     0,
                 )])
-                .and_then(vec![etcd_client::TxnOp::put(key, b"claimed".to_vec(), None)]);
+                .and_then(vec![etcd_client::TxnOp::put(
+                    key,
+                    b"claimed".to_vec(),
+                    None,
+                )]);
             Ok(kv.txn(txn).await?.succeeded())
         }
     })
@@ -235,8 +242,14 @@ async fn main() -> Result<()> {
         let run = format!("m{i}");
         mem_rows.push(bench_trait("MemoryRegistry (in memory)", mem.clone(), &run, c, dur).await?);
         mem_rows.push(
-            bench_trait("MemoryRegistry (persisted, fsync)", persisted.clone(), &run, c, dur)
-                .await?,
+            bench_trait(
+                "MemoryRegistry (persisted, fsync)",
+                persisted.clone(),
+                &run,
+                c,
+                dur,
+            )
+            .await?,
         );
     }
     println!("\n### embedded registry\n");
