@@ -485,6 +485,30 @@ impl Instance {
         graceful_stop(&self.shared).await
     }
 
+    /// The job as this instance sees it now (its mirror of the registry).
+    pub fn job(&self, name: &str) -> Option<JobSpec> {
+        self.shared.job(name)
+    }
+
+    /// Run until SIGTERM, Ctrl-C (SIGINT) or a shutdown request, then stop
+    /// gracefully (revoking the lease, so the others react at once). This is what
+    /// `shardcron agent` and embedding applications call from `main`.
+    pub async fn run_until_shutdown(self) -> Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::Invalid(format!("cannot listen for SIGTERM: {e}")))?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
+            r = tokio::signal::ctrl_c() => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+                }
+                tracing::info!("Ctrl-C: shutting down gracefully");
+            }
+            () = self.shutdown_requested() => {}
+        }
+        self.shutdown().await
+    }
+
     /// Whether the instance has stopped (after a shutdown request or a shutdown).
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped()

@@ -171,6 +171,23 @@ async fn assignments_are_computed_locally_and_reach_a_new_instance_fast(b: Backe
     })
     .await;
 
+    // A change of schedule is seen live.
+    let mut spec = cluster
+        .get_job("orders")
+        .await
+        .expect("get")
+        .expect("job")
+        .spec;
+    spec.schedule = shardcron_core::Schedule::Every(Duration::from_secs(7));
+    cluster.update_job(&spec, None).await.expect("update");
+    eventually("every instance sees the new schedule", T, || {
+        [&a, &bb, &c].iter().all(|i| {
+            i.job("orders").is_some_and(|j| {
+                j.schedule == shardcron_core::Schedule::Every(Duration::from_secs(7))
+            })
+        })
+    })
+    .await;
     // A change of shard count takes effect live.
     let mut spec = cluster
         .get_job("orders")
