@@ -113,22 +113,23 @@ proptest! {
     }
 
     #[test]
-    fn consistent_ignores_instance_order(
+    fn consistent_ignores_ids(
         job in "[a-z0-9-]{0,16}",
         items in 0u32..=300,
         insts in instances(),
-        rotate in 0usize..12,
     ) {
-        let mut other = insts.clone();
-        other.reverse();
-        if !other.is_empty() {
-            let k = rotate % other.len();
-            other.rotate_left(k);
+        // Only the positions and the weights count: renaming every instance gives
+        // the same items at every position.
+        let renamed: Vec<ShardingInstance> = insts
+            .iter()
+            .enumerate()
+            .map(|(k, i)| instance(&format!("renamed-{k}"), i.weight))
+            .collect();
+        let a = Strategy::Consistent.assign(&job, items, &insts);
+        let b = Strategy::Consistent.assign(&job, items, &renamed);
+        for (old, new) in insts.iter().zip(&renamed) {
+            prop_assert_eq!(&a[&old.id], &b[&new.id]);
         }
-        prop_assert_eq!(
-            Strategy::Consistent.assign(&job, items, &insts),
-            Strategy::Consistent.assign(&job, items, &other)
-        );
     }
 
     #[test]
@@ -197,6 +198,80 @@ proptest! {
         let a = Strategy::Consistent.assign(&job, items, &insts);
         prop_assert!(a.values().all(|l| l.len() == q || l.len() == q + 1));
     }
+
+    /// A join (append), equal weights: every item that moves goes to the newcomer,
+    /// which gets floor or ceil of T/(n+1).
+    #[test]
+    fn consistent_join_moves_items_only_to_the_newcomer(
+        job in "[a-z0-9-]{0,16}",
+        items in 0u32..=300,
+        insts in (2usize..=13).prop_flat_map(equal_weights),
+    ) {
+        let (before, newcomer) = insts.split_at(insts.len() - 1);
+        let newcomer = &newcomer[0].id;
+        let old = Strategy::Consistent.assign(&job, items, before);
+        let new = Strategy::Consistent.assign(&job, items, &insts);
+        for (id, list) in &new {
+            if id != newcomer {
+                prop_assert!(list.iter().all(|i| old[id].contains(i)), "{} gained items", id);
+            }
+        }
+        let share = new[newcomer].len() as u32;
+        let n1 = insts.len() as u32;
+        prop_assert!(share == items / n1 || share == items.div_ceil(n1));
+    }
+
+    /// A join with unequal weights: old instances give items to the newcomer; in a
+    /// rare case an old instance also receives one item, and then gives none.
+    #[test]
+    fn consistent_weighted_join_moves_almost_only_to_the_newcomer(
+        job in "[a-z0-9-]{0,16}",
+        items in 0u32..=300,
+        insts in instances(),
+    ) {
+        prop_assume!(insts.len() >= 2);
+        let (before, newcomer) = insts.split_at(insts.len() - 1);
+        let newcomer = &newcomer[0].id;
+        let old = Strategy::Consistent.assign(&job, items, before);
+        let new = Strategy::Consistent.assign(&job, items, &insts);
+        for (id, list) in &new {
+            if id == newcomer {
+                continue;
+            }
+            let gained = list.iter().filter(|i| !old[id].contains(i)).count();
+            prop_assert!(gained <= 1, "{} gained {} items", id, gained);
+            if gained == 1 {
+                prop_assert!(old[id].iter().all(|i| list.contains(i)), "{} gained and lost", id);
+            }
+        }
+    }
+
+    /// A leave (`swap_remove`), equal weights: only the items of the leaver and of
+    /// the last instance move, at most 2 x ceil(T/(n+1)) of them.
+    #[test]
+    fn consistent_swap_remove_leave_moves_only_two_instances_items(
+        job in "[a-z0-9-]{0,16}",
+        items in 0u32..=300,
+        insts in (2usize..=13).prop_flat_map(equal_weights),
+        at in 0usize..13,
+    ) {
+        let at = at % insts.len();
+        let (leaver, last) = (insts[at].id.clone(), insts[insts.len() - 1].id.clone());
+        let mut after = insts.clone();
+        after.swap_remove(at);
+        let old = Strategy::Consistent.assign(&job, items, &insts);
+        let new = Strategy::Consistent.assign(&job, items, &after);
+        let old_owner = owners(&old, items)?;
+        let new_owner = owners(&new, items)?;
+        let mut moved = 0u32;
+        for (o, n) in old_owner.iter().zip(&new_owner) {
+            if o != n {
+                moved += 1;
+                prop_assert!(*o == leaver || *o == last, "an item of {} moved", o);
+            }
+        }
+        prop_assert!(moved <= 2 * items.div_ceil(insts.len() as u32));
+    }
 }
 
 /// A deterministic pseudo-random sequence (SplitMix64).
@@ -207,43 +282,42 @@ impl Seq {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.0)
     }
-
-    /// Uniform-ish in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Change {
-    Append,
-    InsertAnywhere,
-    Leave,
+/// Number of items whose owner differs.
+fn moved(old: &Assignment, new: &Assignment) -> usize {
+    let old_owner: BTreeMap<u32, &String> = old
+        .iter()
+        .flat_map(|(id, list)| list.iter().map(move |&i| (i, id)))
+        .collect();
+    new.iter()
+        .flat_map(|(id, list)| list.iter().map(move |i| (i, id)))
+        .filter(|(i, id)| old_owner.get(i) != Some(id))
+        .count()
 }
 
-/// Movement of `consistent` under one membership change, over many job names.
+/// Movement of `consistent` for one item count: for every `n` in `1..=max_n`, the
+/// join (append) from `n` to `n+1` instances and the leave (`swap_remove` at a
+/// pseudo-random position) from `n+1` to `n`, over `names` job names.
 struct Movement {
-    /// Σ moved / Σ T/(n+1), `n+1` being the larger of the two instance counts.
-    aggregate_ratio: f64,
-    /// Mean over samples of moved / (T/(n+1)).
-    mean_ratio: f64,
-    /// Samples that moved more than 2 * ceil(T/(n+1)) items.
-    over_twice_ceil: usize,
-    /// Largest moved - 3 * ceil(T/(n+1)).
-    worst_over_thrice_ceil: i64,
-    samples: usize,
+    /// Per `n`: Σ moved by the joins, Σ moved by the leaves, largest of each.
+    join_sum: Vec<usize>,
+    leave_sum: Vec<usize>,
+    join_max: Vec<usize>,
+    leave_max: Vec<usize>,
 }
 
-fn movement(change: Change, samples: usize, max_items: u64, max_n: u64, seed: u64) -> Movement {
-    let mut seq = Seq(seed);
-    let (mut moved_sum, mut ideal_sum, mut ratio_sum) = (0.0, 0.0, 0.0);
-    let mut over_twice_ceil = 0;
-    let mut worst_over_thrice_ceil = i64::MIN;
-    for sample in 0..samples {
-        let job = format!("job-{sample}-{}", seq.next() % 1000);
-        let items = seq.range(1, max_items) as u32;
-        let n = seq.range(1, max_n) as usize; // the smaller instance count
-        let big: Vec<ShardingInstance> = (0..=n)
+fn movement(items: u32, max_n: usize, names: usize, seed: u64) -> Movement {
+    let mut seq = Seq(seed ^ u64::from(items) << 32);
+    let mut m = Movement {
+        join_sum: vec![0; max_n + 1],
+        leave_sum: vec![0; max_n + 1],
+        join_max: vec![0; max_n + 1],
+        leave_max: vec![0; max_n + 1],
+    };
+    for name in 0..names {
+        let job = format!("job-{name}-{}", seq.next() % 1000);
+        let all: Vec<ShardingInstance> = (0..=max_n)
             .map(|k| {
                 instance(
                     &format!("10.0.{}.{k}:{}", seq.next() % 256, seq.next() % 65536),
@@ -251,106 +325,106 @@ fn movement(change: Change, samples: usize, max_items: u64, max_n: u64, seed: u6
                 )
             })
             .collect();
-        let (before, after) = match change {
-            Change::Append => (big[..n].to_vec(), big.clone()),
-            Change::InsertAnywhere => {
-                let mut after = big[..n].to_vec();
-                let at = seq.range(0, n as u64) as usize;
-                after.insert(at, big[n].clone());
-                (big[..n].to_vec(), after)
-            }
-            Change::Leave => {
-                let mut after = big.clone();
-                let at = seq.range(0, n as u64) as usize;
-                after.remove(at);
-                (big.clone(), after)
-            }
-        };
-        let old = Strategy::Consistent.assign(&job, items, &before);
-        let new = Strategy::Consistent.assign(&job, items, &after);
-        let old_owner: BTreeMap<u32, &String> = old
-            .iter()
-            .flat_map(|(id, list)| list.iter().map(move |&i| (i, id)))
+        let prefixes: Vec<Assignment> = (1..=max_n + 1)
+            .map(|len| Strategy::Consistent.assign(&job, items, &all[..len]))
             .collect();
-        let moved = new
-            .iter()
-            .flat_map(|(id, list)| list.iter().map(move |i| (i, id)))
-            .filter(|(i, id)| old_owner.get(i) != Some(id))
-            .count();
-        let ideal = f64::from(items) / (n + 1) as f64;
-        let ceil = (items as usize).div_ceil(n + 1);
-        moved_sum += moved as f64;
-        ideal_sum += ideal;
-        ratio_sum += moved as f64 / ideal;
-        if moved > 2 * ceil {
-            over_twice_ceil += 1;
+        for n in 1..=max_n {
+            let join = moved(&prefixes[n - 1], &prefixes[n]);
+            let mut after = all[..=n].to_vec();
+            after.swap_remove((seq.next() % (n as u64 + 1)) as usize);
+            let leave = moved(
+                &prefixes[n],
+                &Strategy::Consistent.assign(&job, items, &after),
+            );
+            m.join_sum[n] += join;
+            m.leave_sum[n] += leave;
+            m.join_max[n] = m.join_max[n].max(join);
+            m.leave_max[n] = m.leave_max[n].max(leave);
         }
-        worst_over_thrice_ceil = worst_over_thrice_ceil.max(moved as i64 - 3 * ceil as i64);
     }
-    Movement {
-        aggregate_ratio: moved_sum / ideal_sum,
-        mean_ratio: ratio_sum / samples as f64,
-        over_twice_ceil,
-        worst_over_thrice_ceil,
-        samples,
-    }
+    m
 }
 
-/// Join and leave movement of `consistent`, T in 1..=200, n in 1..=12, 200 job
-/// names per kind of change.
+/// The issue's bounds for `consistent`, for every fixed `(T, n)` with `n` in
+/// `1..=16` and `T` in a spread of item counts: over many job names one join moves on
+/// average at most 1.25 x T/(n+1) items and never more than 2 x ceil(T/(n+1)). A
+/// leave (`swap_remove`) never moves more than 2 x ceil(T/(n+1)) either, and on
+/// average at most about twice the minimum (it is not bounded by 1.25; see the
+/// module docs of `sharding`).
 ///
-/// The issue asked for an average of at most 1.25 x T/(n+1) and never more than
-/// 2 x ceil(T/(n+1)). The average holds in aggregate (about 1.16); the hard maximum
-/// does not hold for any exactly balanced, history-free strategy we measured (about
-/// 1% of joins exceed it, mostly with many instances and few items each), so this
-/// test bounds that fraction and the worst case instead. See the module docs of
-/// `sharding` for the numbers.
+/// At least 200 job names per item count, more for small `T`, where a join moves 0
+/// or 1 item and 200 names would measure mostly noise.
 #[test]
 fn consistent_join_and_leave_move_few_items() {
-    for (change, seed) in [
-        (Change::Append, 1),
-        (Change::InsertAnywhere, 2),
-        (Change::Leave, 3),
-    ] {
-        let m = movement(change, 200, 200, 12, seed);
+    const MAX_N: usize = 16;
+    let (mut join_total, mut leave_total, mut ideal_total) = (0usize, 0usize, 0.0f64);
+    for items in [1u32, 2, 3, 5, 10, 16, 25, 50, 99, 128, 200] {
+        let names = 200.max((300 * (MAX_N + 1)).div_ceil(items as usize));
+        let m = movement(items, MAX_N, names, 1);
+        let mut join_ratios = Vec::new();
+        let mut leave_ratios = Vec::new();
+        for n in 1..=MAX_N {
+            let ideal = f64::from(items) / (n + 1) as f64;
+            let ceil = (items as usize).div_ceil(n + 1);
+            let join = m.join_sum[n] as f64 / names as f64 / ideal;
+            let leave = m.leave_sum[n] as f64 / names as f64 / ideal;
+            join_ratios.push(format!("{join:.2}"));
+            leave_ratios.push(format!("{leave:.2}"));
+            assert!(
+                join <= 1.25,
+                "T={items} n={n}: join moved {join:.3} x T/(n+1)"
+            );
+            assert!(
+                m.join_max[n] <= 2 * ceil,
+                "T={items} n={n}: a join moved {} > 2 x {ceil}",
+                m.join_max[n]
+            );
+            assert!(
+                m.leave_max[n] <= 2 * ceil,
+                "T={items} n={n}: a leave moved {} > 2 x {ceil}",
+                m.leave_max[n]
+            );
+            assert!(
+                leave <= 2.5,
+                "T={items} n={n}: leave moved {leave:.3} x T/(n+1)"
+            );
+            join_total += m.join_sum[n];
+            leave_total += m.leave_sum[n];
+            ideal_total += ideal * names as f64;
+        }
         eprintln!(
-            "consistent {change:?}: moved/(T/(n+1)) aggregate {:.3}, mean {:.3}; \
-             {} of {} samples over 2*ceil(T/(n+1)); worst moved - 3*ceil = {}",
-            m.aggregate_ratio, m.mean_ratio, m.over_twice_ceil, m.samples, m.worst_over_thrice_ceil
-        );
-        assert!(
-            m.aggregate_ratio <= 1.25,
-            "{change:?}: {:.3}",
-            m.aggregate_ratio
-        );
-        assert!(m.mean_ratio <= 1.45, "{change:?}: {:.3}", m.mean_ratio);
-        assert!(
-            m.over_twice_ceil * 100 <= 3 * m.samples,
-            "{change:?}: {} of {} over 2*ceil",
-            m.over_twice_ceil,
-            m.samples
-        );
-        assert!(
-            m.worst_over_thrice_ceil <= 2,
-            "{change:?}: {}",
-            m.worst_over_thrice_ceil
+            "consistent T={items}, {names} names, moved/(T/(n+1)) for n=1..={MAX_N}: \
+             join [{}], leave [{}]",
+            join_ratios.join(" "),
+            leave_ratios.join(" ")
         );
     }
+    let (join, leave) = (
+        join_total as f64 / ideal_total,
+        leave_total as f64 / ideal_total,
+    );
+    eprintln!("consistent overall: join {join:.3}, leave {leave:.3} x T/(n+1)");
+    assert!(join <= 1.05, "{join:.3}");
+    assert!(leave <= 2.0, "{leave:.3}");
 }
 
-/// The same with larger item counts.
+/// The same with more items: `T = 1000` up to 12 instances.
 #[test]
-fn consistent_join_moves_few_items_with_many_items() {
-    let m = movement(Change::InsertAnywhere, 40, 1000, 12, 4);
+fn consistent_join_and_leave_with_many_items() {
+    let m = movement(1000, 12, 30, 2);
+    let mut line = Vec::new();
+    for n in 1..=12 {
+        let ideal = 1000.0 / (n + 1) as f64;
+        let ceil = 1000usize.div_ceil(n + 1);
+        let join = m.join_sum[n] as f64 / 30.0 / ideal;
+        let leave = m.leave_sum[n] as f64 / 30.0 / ideal;
+        line.push(format!("{join:.2}/{leave:.2}"));
+        assert!(join <= 1.25, "n={n}: {join:.3}");
+        assert!(m.join_max[n] <= ceil && m.leave_max[n] <= 2 * ceil, "n={n}");
+    }
     eprintln!(
-        "consistent T<=1000: aggregate {:.3}, mean {:.3}, {} of {} over 2*ceil",
-        m.aggregate_ratio, m.mean_ratio, m.over_twice_ceil, m.samples
-    );
-    assert!(m.aggregate_ratio <= 1.25, "{:.3}", m.aggregate_ratio);
-    assert!(
-        m.worst_over_thrice_ceil <= 0,
-        "{}",
-        m.worst_over_thrice_ceil
+        "consistent T=1000 join/leave per n=1..=12: {}",
+        line.join(" ")
     );
 }
 
@@ -364,6 +438,7 @@ fn consistent_second_instance_takes_only_its_share() {
         let before = Strategy::Consistent.assign("solo", t, &one);
         let after = Strategy::Consistent.assign("solo", t, &two);
         assert_eq!(before["a"], (0..t).collect::<Vec<_>>());
+        assert!(after["a"].iter().all(|i| before["a"].contains(i)));
         let b = after["b"].len() as u32;
         assert!(b == t / 2 || b == t.div_ceil(2));
     }
