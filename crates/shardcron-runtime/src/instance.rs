@@ -590,10 +590,8 @@ impl Shared {
         let Some(current) = self.generation() else {
             return JobPlacement::NoGeneration;
         };
-        let eligible: Vec<ShardingInstance> = current
-            .members
-            .iter()
-            .filter(|m| eligible(spec, m))
+        let eligible: Vec<ShardingInstance> = slot_order(&current, spec)
+            .into_iter()
             .map(|m| ShardingInstance {
                 id: m.id.clone(),
                 weight: m.weight.max(1),
@@ -689,6 +687,67 @@ async fn graceful_stop(shared: &Arc<Shared>) -> Result<()> {
         shared.registry.lease_revoke(s.lease.id).await?;
     }
     Ok(())
+}
+
+/// The selector of a job: which members may run it (its kind and its labels).
+/// Jobs with equal selectors share one slot order in the generation.
+pub fn selector(spec: &JobSpec) -> String {
+    let kind = match &spec.kind {
+        JobKind::Script { .. } => "script",
+        JobKind::Http => "http",
+        JobKind::Handler(h) => h.as_str(),
+    };
+    let labels: Vec<String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{kind}|{}", labels.join(","))
+}
+
+/// The members eligible for `spec`, in the generation's slot order for its
+/// selector (or in join order for a selector the leader has not ordered yet).
+fn slot_order<'g>(generation: &'g Generation, spec: &JobSpec) -> Vec<&'g Member> {
+    let by_id: std::collections::HashMap<&str, &Member> = generation
+        .members
+        .iter()
+        .filter(|m| eligible(spec, m))
+        .map(|m| (m.id.as_str(), m))
+        .collect();
+    let mut out: Vec<&Member> = Vec::with_capacity(by_id.len());
+    if let Some(order) = generation.orders.get(&selector(spec)) {
+        out.extend(
+            order
+                .iter()
+                .filter_map(|id| by_id.get(id.as_str()).copied()),
+        );
+    }
+    for m in &generation.members {
+        if by_id.contains_key(m.id.as_str()) && !out.iter().any(|o| o.id == m.id) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The next slot order of one selector: members that are no longer eligible are
+/// removed `swap_remove`-style (from the highest position down, so the last
+/// member fills each gap), and newly eligible members are appended in join order.
+fn next_order(prev: Option<&Vec<String>>, eligible_in_join_order: &[&str]) -> Vec<String> {
+    let mut order = prev.cloned().unwrap_or_default();
+    let mut i = order.len();
+    while i > 0 {
+        i -= 1;
+        if !eligible_in_join_order.contains(&order[i].as_str()) {
+            order.swap_remove(i);
+        }
+    }
+    for id in eligible_in_join_order {
+        if !order.iter().any(|o| o == id) {
+            order.push((*id).to_string());
+        }
+    }
+    order
 }
 
 /// Whether member `m` may run `spec`: it carries every label the job asks for and
@@ -1012,6 +1071,8 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
     let mut gen_rx = shared.mirrors.generation.subscribe();
     let mut lead_rx = shared.mirrors.leader.subscribe();
     let mut sess = shared.session_changed.subscribe();
+    let mut jobs_rx = shared.mirrors.jobs.subscribe();
+    let mut cache = SelectorCache::default();
     loop {
         if shared.stopped() || !shared.may_act() {
             return;
@@ -1024,7 +1085,7 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
         if !still && shared.mirrors.leader.revision() >= token {
             return;
         }
-        match publish_generation(shared, token).await {
+        match publish_generation(shared, token, &mut cache).await {
             Ok(Some(n)) => shared.emit(InstanceEvent::Published { number: n }),
             Ok(None) => {}
             Err(Error::Conflict(_)) => return,
@@ -1038,6 +1099,7 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
             _ = inst.changed() => {}
             _ = flags.changed() => {}
             _ = gen_rx.changed() => {}
+            _ = jobs_rx.changed() => {}
             _ = lead_rx.changed() => {}
             _ = sess.changed() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -1092,15 +1154,70 @@ fn next_members(shared: &Shared, prev: Option<&Generation>) -> Vec<Member> {
     out
 }
 
-/// Publish a new generation if membership changed. `Conflict` means leadership
-/// was lost (the leader compare failed).
-async fn publish_generation(shared: &Arc<Shared>, token: i64) -> Result<Option<u64>> {
+/// The selectors of every job, cached by the job key's revision so that a leader
+/// with 100,000 jobs decodes only the jobs that changed.
+#[derive(Debug, Default)]
+struct SelectorCache {
+    by_key: std::collections::HashMap<Vec<u8>, (i64, JobSpec)>,
+}
+
+impl SelectorCache {
+    fn selectors(&mut self, shared: &Shared) -> BTreeMap<String, JobSpec> {
+        let mut seen = std::collections::HashSet::new();
+        shared.mirrors.jobs.read(|m| {
+            for (k, kv) in m {
+                seen.insert(k.clone());
+                if self
+                    .by_key
+                    .get(k)
+                    .is_some_and(|(rev, _)| *rev == kv.mod_revision)
+                {
+                    continue;
+                }
+                if let Ok(spec) = decode_job(k, &kv.value) {
+                    self.by_key.insert(k.clone(), (kv.mod_revision, spec));
+                }
+            }
+        });
+        self.by_key.retain(|k, _| seen.contains(k));
+        // One representative job per selector (eligibility depends only on it).
+        let mut out = BTreeMap::new();
+        for (_, spec) in self.by_key.values() {
+            out.entry(selector(spec)).or_insert_with(|| spec.clone());
+        }
+        out
+    }
+}
+
+/// Publish a new generation if membership or a slot order changed. `Conflict`
+/// means leadership was lost (the leader compare failed).
+async fn publish_generation(
+    shared: &Arc<Shared>,
+    token: i64,
+    cache: &mut SelectorCache,
+) -> Result<Option<u64>> {
     let current = shared.mirrors.generation.get(&keys::generation());
     let prev: Option<Generation> = current
         .as_ref()
         .and_then(|kv| decode(&kv.key, &kv.value).ok());
     let members = next_members(shared, prev.as_ref());
-    if prev.as_ref().is_some_and(|p| p.members == members) {
+    let mut orders = BTreeMap::new();
+    for (sel, spec) in cache.selectors(shared) {
+        let eligible_ids: Vec<&str> = members
+            .iter()
+            .filter(|m| eligible(&spec, m))
+            .map(|m| m.id.as_str())
+            .collect();
+        let order = next_order(
+            prev.as_ref().and_then(|p| p.orders.get(&sel)),
+            &eligible_ids,
+        );
+        orders.insert(sel, order);
+    }
+    if prev
+        .as_ref()
+        .is_some_and(|p| p.members == members && p.orders == orders)
+    {
         return Ok(None);
     }
     let number = prev.as_ref().map_or(1, |p| p.number + 1);
@@ -1108,6 +1225,7 @@ async fn publish_generation(shared: &Arc<Shared>, token: i64) -> Result<Option<u
         number,
         leader_token: token,
         members,
+        orders,
         published: shared.clock.wall(),
     };
     let gen_rev = current.as_ref().map_or(0, |kv| kv.mod_revision);

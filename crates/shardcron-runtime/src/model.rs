@@ -95,6 +95,12 @@ pub struct Generation {
     /// Eligible (live and enabled) instances, in join order: a new instance is
     /// appended, a departed one removed, the others keep their order.
     pub members: Vec<Member>,
+    /// For each job selector in use (`kind|label=value,...`), the ids of the
+    /// members eligible for it in *slot order*: a joining instance is appended; a
+    /// departing one is replaced by the last (`swap_remove`). Order-dependent
+    /// strategies (notably `consistent`) then move the minimum on a join.
+    #[serde(default)]
+    pub orders: BTreeMap<String, Vec<String>>,
     /// When it was published.
     pub published: DateTime<Utc>,
 }
