@@ -32,6 +32,7 @@ ensure_pkg() { # ensure_pkg COMMAND PACKAGE
 }
 ensure_pkg etcd etcd-server
 ensure_pkg protoc protobuf-compiler
+ensure_pkg mariadbd mariadb-server
 
 if ! need_cmd cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

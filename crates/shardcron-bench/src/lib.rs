@@ -83,6 +83,82 @@ pub fn machine() -> String {
     format!("{cores} cores ({cpu}), {} GiB RAM", mem_kb / (1024 * 1024))
 }
 
+/// The disks of this machine (not RAM-backed), with their kind as far as
+/// `/sys/block` tells: a `vd*` device is a virtio virtual disk whose rotational
+/// flag says nothing about the storage behind it.
+pub fn disks() -> String {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return "unknown disk".into();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(e.path().join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let kind = if name.starts_with("vd") {
+            "virtio virtual disk".to_string()
+        } else {
+            match read("queue/rotational").as_str() {
+                "0" => "SSD".to_string(),
+                "1" => "rotational".to_string(),
+                _ => "unknown type".to_string(),
+            }
+        };
+        out.push(format!("{name} ({kind})"));
+    }
+    if out.is_empty() {
+        return "unknown disk".into();
+    }
+    out.sort();
+    out.join(", ")
+}
+
+/// An integer with thousands separators: `12,345`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A Markdown table with aligned columns (reads well as plain text too).
+pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +173,13 @@ mod tests {
         assert_eq!(l.quantile(0.99), Duration::from_millis(99));
         assert_eq!(l.quantile(1.0), Duration::from_millis(100));
         assert_eq!(l.max(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn thousands_and_tables() {
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(12), "12");
+        let t = markdown_table(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "| a   | bb |\n| --- | -- |\n| xyz | 1  |\n");
     }
 }

@@ -5,6 +5,8 @@
 //! server's log: a test that needs a server never skips silently.
 
 pub mod etcd;
+pub mod mariadb;
+pub mod postgres;
 pub mod proxy;
 pub mod tls;
 
@@ -12,6 +14,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 pub use etcd::{EtcdConfig, EtcdServer};
+pub use mariadb::MariaDbServer;
+pub use postgres::PostgresServer;
 pub use proxy::TcpProxy;
 pub use tls::TestCerts;
 
