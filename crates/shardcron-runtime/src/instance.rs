@@ -27,12 +27,14 @@ use tokio::sync::{broadcast, watch};
 
 use crate::cluster::decode_job;
 use crate::error::{Error, Result};
+use crate::execute::{Handlers, HistorySink};
 use crate::keys::{self, Key};
 use crate::mirror::Mirror;
 use crate::model::{
     Generation, InstanceFlag, InstanceInfo, ItemFlag, LeaderInfo, Member, Schema, TriggerRequest,
     decode, encode,
 };
+use crate::scheduler::{Scheduler, SchedulerOptions};
 use crate::skew::{SkewGuard, SkewStatus};
 
 /// How an instance runs.
@@ -56,6 +58,8 @@ pub struct InstanceConfig {
     pub reconcile_interval: Duration,
     /// Largest tolerated clock skew against the cluster (default 2 s).
     pub max_clock_skew: Duration,
+    /// How long a graceful shutdown lets running executions finish (default 30 s).
+    pub shutdown_grace: Duration,
 }
 
 impl InstanceConfig {
@@ -71,6 +75,7 @@ impl InstanceConfig {
             heartbeat_interval: Duration::from_secs(2),
             reconcile_interval: Duration::from_secs(30),
             max_clock_skew: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 
@@ -201,19 +206,23 @@ struct Session {
 }
 
 #[derive(Debug)]
-struct Mirrors {
-    instances: Arc<Mirror>,
-    leader: Arc<Mirror>,
-    generation: Arc<Mirror>,
-    jobs: Arc<Mirror>,
-    items: Arc<Mirror>,
-    flags: Arc<Mirror>,
-    requests: Arc<Mirror>,
+pub(crate) struct Mirrors {
+    pub(crate) instances: Arc<Mirror>,
+    pub(crate) leader: Arc<Mirror>,
+    pub(crate) generation: Arc<Mirror>,
+    pub(crate) jobs: Arc<Mirror>,
+    pub(crate) items: Arc<Mirror>,
+    pub(crate) flags: Arc<Mirror>,
+    pub(crate) requests: Arc<Mirror>,
+    pub(crate) runs: Arc<Mirror>,
+    pub(crate) failovers: Arc<Mirror>,
 }
 
 impl Mirrors {
-    fn all(&self) -> [&Arc<Mirror>; 7] {
+    fn all(&self) -> [&Arc<Mirror>; 9] {
         [
+            &self.runs,
+            &self.failovers,
             &self.instances,
             &self.leader,
             &self.generation,
@@ -245,6 +254,24 @@ pub(crate) struct Shared {
     /// Wakes the heartbeat loop early (after a weight change).
     heartbeat_now: tokio::sync::Notify,
     session_changed: watch::Sender<u64>,
+    /// Where execution records go (the scheduler's, and the leader's LOST records).
+    history: Option<Arc<dyn HistorySink>>,
+    scheduler: SchedulerOptions,
+    /// Runs in progress (the scheduler's), for a graceful shutdown's drain.
+    pub(crate) running: crate::scheduler::RunningMap,
+    /// Set by a graceful shutdown: claim nothing new, let runs finish.
+    draining: AtomicBool,
+}
+
+/// What an instance runs: handlers, where records go, and trigger-loop settings.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// Rust handlers by job kind.
+    pub handlers: Handlers,
+    /// Where execution records go.
+    pub history: Arc<dyn HistorySink>,
+    /// Trigger-loop settings.
+    pub options: SchedulerOptions,
 }
 
 /// A running instance. Dropping it stops its tasks without revoking its lease
@@ -320,6 +347,32 @@ impl Instance {
         clock: SharedClock,
         config: InstanceConfig,
     ) -> Result<Instance> {
+        Self::start_inner(registry, clock, config, None).await
+    }
+
+    /// Join the cluster and run jobs: the trigger loop claims the fires of the
+    /// items this instance owns and runs them with `runner`'s handlers (whose names
+    /// are added to the instance's capabilities).
+    pub async fn start_with(
+        registry: Arc<dyn Registry>,
+        clock: SharedClock,
+        mut config: InstanceConfig,
+        runner: Runner,
+    ) -> Result<Instance> {
+        for name in runner.handlers.names() {
+            if !config.capabilities.contains(&name) {
+                config.capabilities.push(name);
+            }
+        }
+        Self::start_inner(registry, clock, config, Some(runner)).await
+    }
+
+    async fn start_inner(
+        registry: Arc<dyn Registry>,
+        clock: SharedClock,
+        config: InstanceConfig,
+        runner: Option<Runner>,
+    ) -> Result<Instance> {
         config.validate()?;
         check_schema(registry.as_ref()).await?;
         let (stop, stop_rx) = watch::channel(false);
@@ -333,6 +386,8 @@ impl Instance {
             items: m(keys::ITEMS.as_bytes()),
             flags: m(keys::INSTANCE_FLAGS.as_bytes()),
             requests: m(keys::REQUESTS.as_bytes()),
+            runs: m(keys::RUNS.as_bytes()),
+            failovers: m(keys::FAILOVERS.as_bytes()),
         };
         let (events, _) = broadcast::channel(256);
         let weight = config.weight;
@@ -351,6 +406,13 @@ impl Instance {
             weight: AtomicU32::new(weight),
             heartbeat_now: tokio::sync::Notify::new(),
             session_changed: watch::channel(0).0,
+            history: runner.as_ref().map(|r| r.history.clone()),
+            scheduler: runner
+                .as_ref()
+                .map(|r| r.options.clone())
+                .unwrap_or_default(),
+            running: Default::default(),
+            draining: AtomicBool::new(false),
         });
         let session = register(&shared).await?;
         install_session(&shared, session);
@@ -362,6 +424,10 @@ impl Instance {
         tokio::spawn(leader_loop(shared.clone()));
         tokio::spawn(watch_instances(shared.clone()));
         tokio::spawn(watch_requests(shared.clone()));
+        if let Some(r) = runner {
+            let scheduler = Scheduler::new(shared.clone(), r.handlers, r.history, r.options);
+            tokio::spawn(scheduler.run());
+        }
         Ok(Instance { shared })
     }
 
@@ -525,6 +591,27 @@ impl Drop for Instance {
 }
 
 impl Shared {
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mirrors(&self) -> &Mirrors {
+        &self.mirrors
+    }
+
+    pub(crate) fn session_changes(&self) -> watch::Receiver<u64> {
+        self.session_changed.subscribe()
+    }
+
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Fence the identity `id` (if it is still the current one).
+    pub(crate) fn fence_identity(&self, id: &str, reason: &str) {
+        self.fence(id, reason);
+    }
+
     fn emit(&self, e: InstanceEvent) {
         let _ = self.events.send(e);
     }
@@ -606,7 +693,7 @@ impl Shared {
         )
     }
 
-    fn skew_status(&self) -> SkewStatus {
+    pub(crate) fn skew_status(&self) -> SkewStatus {
         let Some((me, _)) = self.current_session() else {
             return SkewStatus::Unknown;
         };
@@ -673,8 +760,26 @@ impl Shared {
     }
 }
 
-/// Stop every task and revoke the lease (once).
+/// Stop every task and revoke the lease (once). Runs in progress get the shutdown
+/// grace period to finish and release; the rest are cancelled and keep their run
+/// keys, so the leader fails them over.
 async fn graceful_stop(shared: &Arc<Shared>) -> Result<()> {
+    shared.draining.store(true, Ordering::SeqCst);
+    let running = || match shared.running.lock() {
+        Ok(g) => g.len(),
+        Err(p) => p.into_inner().len(),
+    };
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_grace;
+    while running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if running() > 0 {
+        crate::scheduler::cancel_for_shutdown(&shared.running);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let already = shared.stopped();
     let _ = shared.stop.send(true);
     *write(&shared.leader_token) = None;
@@ -1072,7 +1177,9 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
     let mut lead_rx = shared.mirrors.leader.subscribe();
     let mut sess = shared.session_changed.subscribe();
     let mut jobs_rx = shared.mirrors.jobs.subscribe();
+    let mut runs_rx = shared.mirrors.runs.subscribe();
     let mut cache = SelectorCache::default();
+    let mut dead_since = std::collections::HashMap::new();
     loop {
         if shared.stopped() || !shared.may_act() {
             return;
@@ -1091,6 +1198,17 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
             Err(Error::Conflict(_)) => return,
             Err(e) => tracing::debug!(error = %e, "publishing the generation failed"),
         }
+        if let Err(e) = crate::scheduler::fail_over_dead_runs(
+            shared,
+            token,
+            shared.history.as_ref(),
+            shared.scheduler.lock_delay,
+            &mut dead_since,
+        )
+        .await
+        {
+            tracing::debug!(error = %e, "failover check failed");
+        }
         if let Err(e) = collect_garbage(shared).await {
             tracing::debug!(error = %e, "garbage collection failed");
         }
@@ -1100,9 +1218,14 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
             _ = flags.changed() => {}
             _ = gen_rx.changed() => {}
             _ = jobs_rx.changed() => {}
+            _ = runs_rx.changed() => {}
             _ = lead_rx.changed() => {}
             _ = sess.changed() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(if dead_since.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(100)
+            }) => {}
         }
     }
 }

@@ -18,6 +18,11 @@
 //! | `requests/trigger/{id}` | [`crate::model::TriggerRequest`] | — | operations |
 //! | `requests/cancel/{execution}` | [`crate::model::CancelRequest`] | — | operations |
 //! | `requests/shutdown/{instance}` | [`crate::model::ShutdownRequest`] | — | operations |
+//! | `last/{job}/{item}` | [`crate::model::LastFire`] | — | claims, skips, releases |
+//! | `run/{job}/{item}` | [`crate::model::RunRecord`] | — (survives its holder) | claims |
+//! | `fire/{job}/{item}/{fire}` | [`crate::model::FireClaim`] | the hour's horizon lease | claims |
+//! | `failover/{job}/{item}` | [`crate::model::FailoverEntry`] | — | the leader |
+//! | `horizon/{bucket}` | lease id | that lease | whoever claims first in the hour |
 
 /// Major version of this layout. An instance refuses a namespace whose major
 /// version is newer than the one it knows.
@@ -98,6 +103,50 @@ pub fn cancel_request(execution: &str) -> Vec<u8> {
 /// `requests/shutdown/{instance}`
 pub fn shutdown_request(instance: &str) -> Vec<u8> {
     format!("{REQUESTS}shutdown/{instance}").into_bytes()
+}
+
+/// Prefix of the per-item last-fire state.
+pub const LAST: &str = "last/";
+
+/// `last/{job}/{item}`: the item's last decided fire and last completion.
+pub fn last(job: &str, item: u32) -> Vec<u8> {
+    format!("{LAST}{job}/{item}").into_bytes()
+}
+
+/// Prefix of run keys.
+pub const RUNS: &str = "run/";
+
+/// `run/{job}/{item}`: the item's running execution (one at a time).
+pub fn run(job: &str, item: u32) -> Vec<u8> {
+    format!("{RUNS}{job}/{item}").into_bytes()
+}
+
+/// `fire/{job}/{item}/{fire}`: the claim of one fire (one claim per fire).
+pub fn fire(job: &str, item: u32, fire: &str) -> Vec<u8> {
+    format!("fire/{job}/{item}/{fire}").into_bytes()
+}
+
+/// Prefix of failover entries.
+pub const FAILOVERS: &str = "failover/";
+
+/// `failover/{job}/{item}`: a run whose holder died, waiting for a new holder.
+pub fn failover(job: &str, item: u32) -> Vec<u8> {
+    format!("{FAILOVERS}{job}/{item}").into_bytes()
+}
+
+/// `horizon/{bucket}`: the shared lease that fire keys of one hour are bound to.
+pub fn horizon(bucket: i64) -> Vec<u8> {
+    format!("horizon/{bucket}").into_bytes()
+}
+
+/// Parse `{job}/{item}` after a prefix.
+pub fn job_item(key: &[u8], prefix: &str) -> Option<(String, u32)> {
+    let k = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    let (job, item) = k.split_once('/')?;
+    if job.is_empty() || item.contains('/') {
+        return None;
+    }
+    Some((job.to_string(), item.parse().ok()?))
 }
 
 /// What a key under the watched namespace is, parsed.

@@ -12,14 +12,19 @@
 
 pub mod cluster;
 mod error;
+pub mod execute;
+pub mod failpoints;
 pub mod instance;
 pub mod keys;
 pub mod mirror;
 pub mod misfire;
 pub mod model;
+pub mod scheduler;
 pub mod skew;
 
 pub use cluster::{ApplyOutcome, Cluster, StoredJob};
 pub use error::{Error, Result};
-pub use instance::{Instance, InstanceConfig, InstanceEvent, JobPlacement};
+pub use execute::{Handlers, HistorySink, JobContext, JobError, MemoryHistory, SimpleJob};
+pub use instance::{Instance, InstanceConfig, InstanceEvent, JobPlacement, Runner};
+pub use scheduler::SchedulerOptions;
 pub use skew::SkewStatus;

@@ -123,9 +123,13 @@ pub fn decide(
     // Fires strictly after `after` are candidates. A new item starts with the fire
     // at `since` included (an `every` schedule fires at its anchor).
     let after = last_fire.unwrap_or(since - chrono::Duration::nanoseconds(1));
+    // Keep the latest missed fires the policy may run, plus a possible on-time one.
     let keep = match policy {
-        MisfirePolicy::CatchUp { max } => usize::try_from(max).unwrap_or(usize::MAX).max(1),
-        _ => 1,
+        MisfirePolicy::CatchUp { max } => usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .max(1)
+            .saturating_add(1),
+        _ => 2,
     };
     let (first, last, count, capped) = fires_between(schedule, anchor, after, now, keep);
     let next_after_now = schedule.next_after(now, anchor);
@@ -138,50 +142,65 @@ pub fn decide(
     };
     let threshold = chrono::Duration::from_std(threshold).unwrap_or(chrono::Duration::MAX);
     let latest = last.last().copied().unwrap_or(first);
-    if count == 1 && now - latest <= threshold {
+    // The latest due fire is on time if it is within the threshold; every other
+    // due fire was missed and is subject to the policy.
+    let on_time = (now - latest <= threshold).then_some(latest);
+    let missed_count = count - u64::from(on_time.is_some());
+    if missed_count == 0 {
         return Decision {
-            run: vec![(latest, ExecutionSource::Normal)],
+            run: on_time
+                .map(|f| vec![(f, ExecutionSource::Normal)])
+                .unwrap_or_default(),
             skipped: None,
             next: next_after_now,
         };
     }
-    // Everything due is missed. Which of them run:
-    let run: Vec<DateTime<Utc>> = match policy {
+    // The kept tail of the due fires, without the on-time one: the latest missed.
+    let mut missed_tail = last.clone();
+    if on_time.is_some() {
+        missed_tail.pop();
+    }
+    let mut run: Vec<(DateTime<Utc>, ExecutionSource)> = match policy {
         MisfirePolicy::Skip => Vec::new(),
-        MisfirePolicy::FireOnce => vec![latest],
-        MisfirePolicy::CatchUp { .. } => last.clone(),
+        // Run once for everything missed: the on-time fire if there is one, else
+        // the latest missed fire.
+        MisfirePolicy::FireOnce if on_time.is_some() => Vec::new(),
+        MisfirePolicy::FireOnce => missed_tail
+            .last()
+            .map(|f| vec![(*f, ExecutionSource::Misfire)])
+            .unwrap_or_default(),
+        MisfirePolicy::CatchUp { max } => {
+            let keep = usize::try_from(max).unwrap_or(usize::MAX);
+            let skip = missed_tail.len().saturating_sub(keep);
+            missed_tail[skip..]
+                .iter()
+                .map(|f| (*f, ExecutionSource::Misfire))
+                .collect()
+        }
     };
-    let run_count = run.len() as u64;
-    let skipped = (count > run_count).then(|| {
-        // The skipped fires are the oldest ones: from `first` up to the fire before
-        // the first one that runs (or up to `latest` when none runs).
+    if let Some(f) = on_time {
+        run.push((f, ExecutionSource::Normal));
+    }
+    let missed_run = run
+        .iter()
+        .filter(|(_, s)| *s == ExecutionSource::Misfire)
+        .count() as u64;
+    let skipped = (missed_count > missed_run).then(|| {
+        // The skipped fires are the oldest missed ones: from `first` up to the fire
+        // before the first one that runs (or the last missed one when none runs).
         let last_skipped = match run.first() {
             None => latest,
-            Some(first_run) => {
-                // The fire just before `first_run`: the largest kept fire below it,
-                // or recomputed when it was not kept.
-                prev_fire(schedule, anchor, after, *first_run).unwrap_or(first)
-            }
+            Some((first_run, _)) => prev_fire(schedule, anchor, after, *first_run).unwrap_or(first),
         };
         SkippedRange {
             first,
             last: last_skipped,
-            count: count - run_count,
+            count: missed_count - missed_run,
             capped,
         }
     });
     Decision {
-        run: run
-            .into_iter()
-            .map(|f| {
-                let source = if now - f <= threshold {
-                    ExecutionSource::Normal
-                } else {
-                    ExecutionSource::Misfire
-                };
-                (f, source)
-            })
-            .collect(),
+        run,
         skipped,
         next: next_after_now,
     }
@@ -358,6 +377,42 @@ mod tests {
     }
 
     #[test]
+    fn an_on_time_fire_after_a_gap_runs_normally_and_the_gap_follows_the_policy() {
+        // Down from 00:00:10 to 00:01:00.2: fires 20..50 were missed, 60 is on time.
+        let run = |policy| {
+            decide(
+                &every(10),
+                t("2026-01-01T00:00:00Z"),
+                Some(t("2026-01-01T00:00:10Z")),
+                t("2026-01-01T00:00:00Z"),
+                t("2026-01-01T00:01:00.200Z"),
+                policy,
+                TH,
+            )
+        };
+        let on_time = (t("2026-01-01T00:01:00Z"), ExecutionSource::Normal);
+        let d = run(MisfirePolicy::FireOnce);
+        assert_eq!(d.run, vec![on_time]);
+        assert_eq!(d.skipped.map(|s| s.count), Some(4));
+        let d = run(MisfirePolicy::Skip);
+        assert_eq!(d.run, vec![on_time]);
+        assert_eq!(d.skipped.map(|s| s.count), Some(4));
+        let d = run(MisfirePolicy::CatchUp { max: 2 });
+        assert_eq!(
+            d.run,
+            vec![
+                (t("2026-01-01T00:00:40Z"), ExecutionSource::Misfire),
+                (t("2026-01-01T00:00:50Z"), ExecutionSource::Misfire),
+                on_time
+            ]
+        );
+        assert_eq!(
+            d.skipped.map(|s| (s.first, s.last, s.count)),
+            Some((t("2026-01-01T00:00:20Z"), t("2026-01-01T00:00:30Z"), 2))
+        );
+    }
+
+    #[test]
     fn a_new_item_fires_at_its_anchor_and_not_before_since() {
         let anchor = t("2026-01-01T00:00:00Z");
         let d = decide(
@@ -403,6 +458,11 @@ mod tests {
             MisfirePolicy::Skip,
             TH,
         );
-        assert_eq!(d.skipped.map(|s| s.count), Some(30 * 86_400 * 10));
+        // The fire at `now` itself is on time and runs; the rest were missed.
+        assert_eq!(d.skipped.map(|s| s.count), Some(30 * 86_400 * 10 - 1));
+        assert_eq!(
+            d.run,
+            vec![(t("2026-01-31T00:00:00Z"), ExecutionSource::Normal)]
+        );
     }
 }

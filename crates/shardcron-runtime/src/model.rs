@@ -160,6 +160,62 @@ pub struct ShutdownRequest {
     pub requested_at: DateTime<Utc>,
 }
 
+/// `last/{job}/{item}`: what the item has decided so far. Misfire decisions are made
+/// from this persisted state, never from memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastFire {
+    /// The last scheduled fire that was claimed or recorded as skipped.
+    pub fire: Option<DateTime<Utc>>,
+    /// When the item's last run completed (for `delay` schedules).
+    pub completed: Option<DateTime<Utc>>,
+    /// When the item started being scheduled (fires before it are not due).
+    pub since: DateTime<Utc>,
+}
+
+/// `run/{job}/{item}`: the running execution of an item. Not bound to the holder's
+/// lease: it must outlive the holder so that its fire can be failed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Instance id of the holder.
+    pub holder: String,
+    /// The holder's registration revision (create revision of its instance key).
+    pub holder_rev: i64,
+    /// The fire id (`t{millis}` for scheduled fires, `m{request}` for manual ones).
+    pub fire: String,
+    /// The scheduled fire time.
+    pub fire_time: DateTime<Utc>,
+    /// The execution id.
+    pub execution: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Why it runs.
+    pub source: shardcron_core::ExecutionSource,
+    /// Items of the job at claim time.
+    pub total: u32,
+    /// When it was claimed.
+    pub claimed_at: DateTime<Utc>,
+}
+
+/// `fire/{job}/{item}/{fire}`: who claimed a fire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireClaim {
+    /// Instance id.
+    pub holder: String,
+    /// Execution id.
+    pub execution: String,
+}
+
+/// `failover/{job}/{item}`: a run whose holder is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverEntry {
+    /// The dead holder's run.
+    pub run: RunRecord,
+    /// The run key's mod revision when the entry was made.
+    pub run_revision: i64,
+    /// When the leader made the entry.
+    pub at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,7 @@ pub fn config(name: &str) -> InstanceConfig {
         heartbeat_interval: Duration::from_millis(300),
         reconcile_interval: Duration::from_secs(5),
         max_clock_skew: Duration::from_secs(2),
+        shutdown_grace: Duration::from_secs(5),
     }
 }
 

@@ -1,0 +1,1312 @@
+//! The trigger loop, fire claims, releases, failover takeover, manual triggers and
+//! cancellation: how every fire of every item runs exactly once.
+//!
+//! One task per instance holds one timer set for every owned item (no task or
+//! thread per job) and sleeps on the [`shardcron_core::Clock`] until the earliest
+//! fire. At a fire it reads the item's persisted last fire, decides with
+//! [`crate::misfire::decide`], and claims in one transaction:
+//!
+//! - compares: our instance key's create revision (we are still registered), the
+//!   generation's and the job's revisions (our view is current), the item's `last`
+//!   revision (nobody decided in between), the fire key absent (one claim per fire,
+//!   I2) and the run key absent (one run at a time, I1);
+//! - puts: the fire key (bound to the hour's horizon lease), the run key (not bound
+//!   to our lease: it outlives us so the fire can be failed over), and `last`.
+//!
+//! The transaction's revision is the fencing token (I4), given to the job. The
+//! release deletes the run key only if it is still ours (compare its revision with
+//! the token). A transaction whose answer is lost may have committed: the claimant
+//! re-reads the run key and adopts its own claim.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shardcron_core::execution::SkipReason;
+use shardcron_core::job::{JobKind, JobSpec, MisfirePolicy};
+use shardcron_core::schedule::Schedule;
+use shardcron_core::{ExecutionRecord, ExecutionSource, ExecutionStatus, ShardingContext};
+use shardcron_registry::{
+    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, OpResponse, RegistryError, Txn, TxnOp,
+};
+use shardcron_store::{ExecutionUpdate, HistoryEvent, new_execution_id_at};
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::{decode_job, parse_anchor};
+use crate::execute::{Handlers, HistorySink, JobContext};
+use crate::failpoints;
+use crate::instance::{JobPlacement, Shared};
+use crate::keys::{self, Key};
+use crate::misfire::{self, SkippedRange};
+use crate::model::{
+    CancelRequest, FailoverEntry, FireClaim, LastFire, RunRecord, TriggerRequest, decode, encode,
+};
+
+/// How the trigger loop behaves.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// A fire claimed later than this after its scheduled instant is a misfire.
+    pub misfire_threshold: Duration,
+    /// How long the leader waits after a holder disappeared before failing its
+    /// run over (at least the holders' fence margin).
+    pub lock_delay: Duration,
+    /// Longest sleep of the trigger loop between checks.
+    pub tick: Duration,
+    /// Fire keys live at least this long (their horizon lease is twice this).
+    pub dedup_horizon: Duration,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            misfire_threshold: Duration::from_secs(1),
+            lock_delay: Duration::from_millis(500),
+            tick: Duration::from_millis(50),
+            dedup_horizon: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A run in progress on this instance.
+#[derive(Debug)]
+pub(crate) struct Running {
+    job: String,
+    item: u32,
+    identity: String,
+    cancel: watch::Sender<bool>,
+    reason: Arc<Mutex<Option<(ExecutionStatus, String)>>>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+/// Runs in progress by execution id, shared with the instance (for draining).
+pub(crate) type RunningMap = Arc<Mutex<HashMap<String, Running>>>;
+
+/// What the execution task reports when it ends.
+#[derive(Debug)]
+struct Done {
+    job: String,
+    item: u32,
+}
+
+/// The trigger loop of one instance.
+pub(crate) struct Scheduler {
+    shared: Arc<Shared>,
+    handlers: Handlers,
+    history: Arc<dyn HistorySink>,
+    opts: SchedulerOptions,
+    owned: HashSet<(String, u32)>,
+    timers: BTreeSet<(DateTime<Utc>, String, u32)>,
+    /// Items to look at again as soon as possible (blocked by a run, a lost race).
+    recheck: BTreeSet<(String, u32)>,
+    jobs: HashMap<String, (i64, JobSpec)>,
+    running: RunningMap,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    handled_triggers: HashSet<String>,
+    horizon: Option<(i64, LeaseId)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// The fire id of a scheduled fire.
+pub fn fire_id(t: DateTime<Utc>) -> String {
+    format!("t{}", t.timestamp_millis())
+}
+
+fn first_get(resp: &[OpResponse], index: usize) -> Option<KeyValue> {
+    match resp.get(index) {
+        Some(OpResponse::Get { kvs }) => kvs.first().cloned(),
+        _ => None,
+    }
+}
+
+/// The outcome of a claim attempt.
+#[derive(Debug)]
+enum Claim {
+    /// Claimed: the token and the execution id.
+    Won { token: i64, execution: String },
+    /// The item is running (the run key exists).
+    Busy,
+    /// Someone decided this item in between, or our view is stale: look again.
+    Retry,
+    /// Our identity is gone: fence.
+    Fenced,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        handlers: Handlers,
+        history: Arc<dyn HistorySink>,
+        opts: SchedulerOptions,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Scheduler {
+            shared: shared.clone(),
+            handlers,
+            history,
+            opts,
+            owned: HashSet::new(),
+            timers: BTreeSet::new(),
+            recheck: BTreeSet::new(),
+            jobs: HashMap::new(),
+            running: shared.running.clone(),
+            done_tx,
+            done_rx,
+            handled_triggers: HashSet::new(),
+            horizon: None,
+        }
+    }
+
+    /// Run until the instance stops.
+    pub(crate) async fn run(mut self) {
+        let m = self.shared.mirrors();
+        let mut gen_rx = m.generation.subscribe();
+        let mut jobs_rx = m.jobs.subscribe();
+        let mut items_rx = m.items.subscribe();
+        let mut runs_rx = m.runs.subscribe();
+        let mut fo_rx = m.failovers.subscribe();
+        let mut req_rx = m.requests.subscribe();
+        let mut sess_rx = self.shared.session_changes();
+        let mut stop = self.shared.stop_signal();
+        let mut dirty = true;
+        let mut identity: Option<String> = None;
+        loop {
+            if *stop.borrow() {
+                // Stopped without draining (the instance was dropped): like a crash,
+                // runs end with no record and keep their run keys; the leader fails
+                // them over once this identity's lease is gone.
+                self.abort_all();
+                return;
+            }
+            if self.shared.draining() {
+                // Graceful shutdown: claim nothing new; runs finish and release.
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    Some(_) = self.done_rx.recv() => {}
+                    () = tokio::time::sleep(self.opts.tick) => {}
+                }
+                continue;
+            }
+            let now_identity = self.shared.current_session().map(|(id, _)| id);
+            if now_identity != identity {
+                if let Some(old) = &identity {
+                    // Self-fence: stop every run of the old identity before anyone
+                    // may take over (their run keys stay, for failover).
+                    self.fence_runs(old);
+                }
+                identity = now_identity;
+                self.owned.clear();
+                self.timers.clear();
+                dirty = true;
+            }
+            if identity.is_some() && self.shared.may_act() {
+                if dirty {
+                    self.reconcile();
+                    dirty = false;
+                }
+                self.process_due().await;
+                self.process_failovers().await;
+                self.process_requests().await;
+            }
+            let wait = self.next_wait();
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = sess_rx.changed() => {}
+                _ = gen_rx.changed() => dirty = true,
+                _ = jobs_rx.changed() => dirty = true,
+                _ = items_rx.changed() => dirty = true,
+                _ = runs_rx.changed() => self.recheck_blocked(),
+                _ = fo_rx.changed() => {}
+                _ = req_rx.changed() => {}
+                Some(done) = self.done_rx.recv() => {
+                    self.recheck.insert((done.job, done.item));
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn next_wait(&self) -> Duration {
+        if !self.recheck.is_empty() {
+            return Duration::from_millis(1);
+        }
+        let now = self.shared.clock.wall();
+        match self.timers.first() {
+            Some((t, _, _)) if *t <= now => Duration::ZERO,
+            Some((t, _, _)) => (*t - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(self.opts.tick),
+            None => self.opts.tick,
+        }
+    }
+
+    /// The job as currently stored (decoded once per revision).
+    fn job(&mut self, name: &str) -> Option<(i64, JobSpec)> {
+        let kv = self.shared.mirrors().jobs.get(&keys::job(name))?;
+        if let Some((rev, spec)) = self.jobs.get(name)
+            && *rev == kv.mod_revision
+        {
+            return Some((*rev, spec.clone()));
+        }
+        let spec = decode_job(&kv.key, &kv.value).ok()?;
+        self.jobs
+            .insert(name.to_string(), (kv.mod_revision, spec.clone()));
+        Some((kv.mod_revision, spec))
+    }
+
+    fn can_run(&self, spec: &JobSpec) -> bool {
+        matches!(&spec.kind, JobKind::Handler(h) if self.handlers.get(h).is_some())
+    }
+
+    /// Recompute which items we own; new ones are looked at now.
+    fn reconcile(&mut self) {
+        let Some((me, _)) = self.shared.current_session() else {
+            return;
+        };
+        let names: Vec<String> = self.shared.mirrors().jobs.read(|m| {
+            m.keys()
+                .filter_map(|k| match Key::parse(k) {
+                    Key::Job(j) => Some(j),
+                    _ => None,
+                })
+                .collect()
+        });
+        let mut now_owned = HashSet::new();
+        for name in names {
+            let Some((_, spec)) = self.job(&name) else {
+                continue;
+            };
+            if !self.can_run(&spec) {
+                continue;
+            }
+            if let JobPlacement::Assigned(a) = self.shared.placement(&spec) {
+                let disabled = self.shared.disabled_items(&name);
+                for item in a.get(&me).into_iter().flatten() {
+                    if !disabled.contains(item) {
+                        now_owned.insert((name.clone(), *item));
+                    }
+                }
+            }
+        }
+        for key in &now_owned {
+            if !self.owned.contains(key) {
+                self.recheck.insert(key.clone());
+            }
+        }
+        self.timers
+            .retain(|(_, j, i)| now_owned.contains(&(j.clone(), *i)));
+        self.recheck.retain(|k| now_owned.contains(k));
+        self.owned = now_owned;
+        self.jobs
+            .retain(|name, _| self.owned.iter().any(|(j, _)| j == name));
+    }
+
+    /// Items whose run key just disappeared may have fires waiting.
+    fn recheck_blocked(&mut self) {
+        let runs = &self.shared.mirrors().runs;
+        for (job, item) in &self.owned {
+            if runs.get(&keys::run(job, *item)).is_none() && !self.running_item(job, *item) {
+                self.recheck.insert((job.clone(), *item));
+            }
+        }
+    }
+
+    fn running_item(&self, job: &str, item: u32) -> bool {
+        lock(&self.running)
+            .values()
+            .any(|r| r.job == job && r.item == item)
+    }
+
+    async fn process_due(&mut self) {
+        let now = self.shared.clock.wall();
+        let mut due: Vec<(String, u32)> = std::mem::take(&mut self.recheck).into_iter().collect();
+        while let Some((t, _, _)) = self.timers.first() {
+            if *t > now {
+                break;
+            }
+            if let Some((_, j, i)) = self.timers.pop_first()
+                && !due.contains(&(j.clone(), i))
+            {
+                due.push((j, i));
+            }
+        }
+        for (job, item) in due {
+            if !self.owned.contains(&(job.clone(), item)) || !self.shared.may_act() {
+                continue;
+            }
+            if let Err(e) = self.evaluate(&job, item).await {
+                tracing::debug!(job, item, error = %e, "evaluating a fire failed; retrying");
+                self.schedule_at(&job, item, now + chrono::Duration::milliseconds(200));
+            }
+        }
+    }
+
+    fn schedule_at(&mut self, job: &str, item: u32, at: DateTime<Utc>) {
+        self.timers.retain(|(_, j, i)| !(j == job && *i == item));
+        self.timers.insert((at, job.to_string(), item));
+    }
+
+    async fn read_last(
+        &self,
+        job: &str,
+        item: u32,
+        since: DateTime<Utc>,
+    ) -> Result<(LastFire, i64), crate::Error> {
+        match self.shared.registry.get(&keys::last(job, item)).await? {
+            Some(kv) => Ok((decode::<LastFire>(&kv.key, &kv.value)?, kv.mod_revision)),
+            None => Ok((
+                LastFire {
+                    fire: None,
+                    completed: None,
+                    since,
+                },
+                0,
+            )),
+        }
+    }
+
+    /// Look at one owned item: claim what is due, record what is skipped, and set
+    /// its next timer.
+    async fn evaluate(&mut self, job: &str, item: u32) -> crate::Result<()> {
+        let Some((job_rev, spec)) = self.job(job) else {
+            return Ok(());
+        };
+        if !spec.enabled {
+            return Ok(());
+        }
+        let skew = self.shared.skew_status();
+        if !skew.allows_firing() {
+            tracing::warn!(job, item, %skew, "not firing");
+            let retry = self.shared.clock.wall() + chrono::Duration::milliseconds(500);
+            self.schedule_at(job, item, retry);
+            return Ok(());
+        }
+        if self.running_item(job, item) {
+            return Ok(()); // re-evaluated when it ends
+        }
+        let now = self.shared.clock.wall();
+        let anchor = self
+            .shared
+            .registry
+            .get(&keys::anchor(job))
+            .await?
+            .and_then(|kv| parse_anchor(&kv.value))
+            .unwrap_or(now);
+        let (last, last_rev) = self.read_last(job, item, anchor).await?;
+        let decision = match &spec.schedule {
+            Schedule::Manual => return Ok(()),
+            Schedule::Delay(d) => {
+                let due = last.completed.map_or(last.since, |c| {
+                    c + chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX)
+                });
+                if due > now {
+                    self.schedule_at(job, item, due);
+                    return Ok(());
+                }
+                if last.fire.is_some_and(|f| f >= due) {
+                    // Decided already and not completed yet: wait for completion.
+                    return Ok(());
+                }
+                misfire::Decision {
+                    run: vec![(due, ExecutionSource::Normal)],
+                    skipped: None,
+                    next: None,
+                }
+            }
+            schedule => misfire::decide(
+                schedule,
+                anchor,
+                last.fire,
+                last.since,
+                now,
+                spec.misfire,
+                self.opts.misfire_threshold,
+            ),
+        };
+        if let Some(next) = decision.next {
+            self.schedule_at(job, item, next);
+        }
+        let Some(&(fire_time, source)) = decision.run.first() else {
+            if let Some(range) = decision.skipped {
+                let new_last = LastFire {
+                    fire: Some(range.last),
+                    ..last.clone()
+                };
+                if self.advance_last(job, item, last_rev, &new_last).await? {
+                    self.record_skip(&spec, item, &range, SkipReason::MisfirePolicy);
+                } else {
+                    self.recheck.insert((job.to_string(), item));
+                }
+            }
+            return Ok(());
+        };
+        let new_last = LastFire {
+            fire: Some(fire_time),
+            ..last.clone()
+        };
+        let claim = self
+            .claim(
+                &spec,
+                job_rev,
+                item,
+                &fire_id(fire_time),
+                fire_time,
+                source,
+                Some((last_rev, &new_last)),
+            )
+            .await?;
+        match claim {
+            Claim::Won { token, execution } => {
+                if let Some(range) = decision.skipped {
+                    self.record_skip(&spec, item, &range, SkipReason::MisfirePolicy);
+                }
+                self.start_run(&spec, item, fire_time, source, 1, token, execution);
+            }
+            Claim::Busy => {
+                if spec.misfire == MisfirePolicy::Skip {
+                    // A fire that finds its item still running is dropped, on record.
+                    let range = SkippedRange {
+                        first: decision.skipped.as_ref().map_or(fire_time, |s| s.first),
+                        last: fire_time,
+                        count: decision.skipped.as_ref().map_or(0, |s| s.count) + 1,
+                        capped: false,
+                    };
+                    if self.advance_last(job, item, last_rev, &new_last).await? {
+                        self.record_skip(&spec, item, &range, SkipReason::StillRunning);
+                    }
+                }
+                // fire_once and catch_up: `last` is left alone, so the missed fires
+                // are decided again when the run key disappears.
+            }
+            Claim::Retry => {
+                self.recheck.insert((job.to_string(), item));
+            }
+            Claim::Fenced => {
+                if let Some((me, _)) = self.shared.current_session() {
+                    self.shared
+                        .fence_identity(&me, "a claim found the instance key gone");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compare-and-set the item's `last` state.
+    async fn advance_last(
+        &self,
+        job: &str,
+        item: u32,
+        last_rev: i64,
+        new_last: &LastFire,
+    ) -> crate::Result<bool> {
+        let Some((me, reg_rev)) = self.shared.current_session() else {
+            return Ok(false);
+        };
+        let key = keys::last(job, item);
+        let resp = self
+            .shared
+            .registry
+            .txn(
+                Txn::new()
+                    .when(Compare::new(
+                        keys::instance(&me),
+                        CompareOp::Equal,
+                        CompareTarget::CreateRevision(reg_rev),
+                    ))
+                    .when(Compare::new(
+                        key.clone(),
+                        CompareOp::Equal,
+                        CompareTarget::ModRevision(last_rev),
+                    ))
+                    .and_then(TxnOp::put(key, encode(new_last))),
+            )
+            .await?;
+        Ok(resp.succeeded)
+    }
+
+    /// The lease that this hour's fire keys are bound to.
+    async fn horizon_lease(&mut self) -> crate::Result<LeaseId> {
+        let secs = i64::try_from(self.opts.dedup_horizon.as_secs().max(1)).unwrap_or(3600);
+        let bucket = self.shared.clock.wall().timestamp() / secs;
+        if let Some((b, lease)) = self.horizon
+            && b == bucket
+        {
+            return Ok(lease);
+        }
+        let key = keys::horizon(bucket);
+        if let Some(kv) = self.shared.registry.get(&key).await? {
+            self.horizon = Some((bucket, kv.lease));
+            return Ok(kv.lease);
+        }
+        let lease = self
+            .shared
+            .registry
+            .lease_grant(self.opts.dedup_horizon * 2)
+            .await?;
+        let resp = self
+            .shared
+            .registry
+            .txn(
+                Txn::new()
+                    .when(Compare::absent(key.clone()))
+                    .and_then(TxnOp::put_with_lease(
+                        key.clone(),
+                        lease.id.to_string().into_bytes(),
+                        lease.id,
+                    ))
+                    .or_else(TxnOp::get(key)),
+            )
+            .await?;
+        let id = if resp.succeeded {
+            lease.id
+        } else {
+            let _ = self.shared.registry.lease_revoke(lease.id).await;
+            first_get(&resp.responses, 0).map_or(lease.id, |kv| kv.lease)
+        };
+        self.horizon = Some((bucket, id));
+        Ok(id)
+    }
+
+    /// Claim one fire of one item in one transaction. With `last`, also compare
+    /// and advance the item's last-fire state (scheduled fires); without, it is a
+    /// manual fire that leaves `last` alone.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &mut self,
+        spec: &JobSpec,
+        job_rev: i64,
+        item: u32,
+        fire: &str,
+        fire_time: DateTime<Utc>,
+        source: ExecutionSource,
+        last: Option<(i64, &LastFire)>,
+    ) -> crate::Result<Claim> {
+        let Some((me, reg_rev)) = self.shared.current_session() else {
+            return Ok(Claim::Fenced);
+        };
+        let job = spec.name.as_str();
+        let gen_rev = self
+            .shared
+            .mirrors()
+            .generation
+            .get(&keys::generation())
+            .map_or(0, |kv| kv.mod_revision);
+        let horizon = self.horizon_lease().await?;
+        let now = self.shared.clock.wall();
+        let execution = new_execution_id_at(now);
+        let run = RunRecord {
+            holder: me.clone(),
+            holder_rev: reg_rev,
+            fire: fire.to_string(),
+            fire_time,
+            execution: execution.clone(),
+            attempt: 1,
+            source,
+            total: spec.shards,
+            claimed_at: now,
+        };
+        let run_key = keys::run(job, item);
+        let fire_key = keys::fire(job, item, fire);
+        let mut txn = Txn::new()
+            .when(Compare::new(
+                keys::instance(&me),
+                CompareOp::Equal,
+                CompareTarget::CreateRevision(reg_rev),
+            ))
+            .when(Compare::new(
+                keys::generation(),
+                CompareOp::Equal,
+                CompareTarget::ModRevision(gen_rev),
+            ))
+            .when(Compare::new(
+                keys::job(job),
+                CompareOp::Equal,
+                CompareTarget::ModRevision(job_rev),
+            ))
+            .when(Compare::absent(fire_key.clone()))
+            .when(Compare::absent(run_key.clone()))
+            .and_then(TxnOp::put_with_lease(
+                fire_key.clone(),
+                encode(&FireClaim {
+                    holder: me.clone(),
+                    execution: execution.clone(),
+                }),
+                horizon,
+            ))
+            .and_then(TxnOp::put(run_key.clone(), encode(&run)))
+            .or_else(TxnOp::get(run_key.clone()))
+            .or_else(TxnOp::get(keys::instance(&me)))
+            .or_else(TxnOp::get(fire_key.clone()));
+        if let Some((last_rev, new_last)) = last {
+            let last_key = keys::last(job, item);
+            txn = txn
+                .when(Compare::new(
+                    last_key.clone(),
+                    CompareOp::Equal,
+                    CompareTarget::ModRevision(last_rev),
+                ))
+                .and_then(TxnOp::put(last_key, encode(new_last)));
+        }
+        let resp = match self.shared.registry.txn(txn).await {
+            Ok(r) => r,
+            Err(RegistryError::Unavailable(e)) => {
+                // The answer was lost; the claim may have committed. Adopt it if so.
+                tracing::warn!(job, item, error = %e, "claim answer lost; checking whether it committed");
+                return self.adopt(job, item, fire, &me).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if resp.succeeded {
+            return Ok(Claim::Won {
+                token: resp.revision,
+                execution,
+            });
+        }
+        if first_get(&resp.responses, 1).is_none_or(|kv| kv.create_revision != reg_rev) {
+            return Ok(Claim::Fenced);
+        }
+        if first_get(&resp.responses, 0).is_some() {
+            return Ok(Claim::Busy);
+        }
+        Ok(Claim::Retry)
+    }
+
+    /// After a lost answer: is the run key ours for this fire?
+    async fn adopt(&self, job: &str, item: u32, fire: &str, me: &str) -> crate::Result<Claim> {
+        for _ in 0..50 {
+            match self.shared.registry.get(&keys::run(job, item)).await {
+                Ok(Some(kv)) => {
+                    let run: RunRecord = decode(&kv.key, &kv.value)?;
+                    if run.holder == me && run.fire == fire {
+                        tracing::info!(job, item, fire, "adopted a claim whose answer was lost");
+                        return Ok(Claim::Won {
+                            token: kv.mod_revision,
+                            execution: run.execution,
+                        });
+                    }
+                    return Ok(Claim::Busy);
+                }
+                Ok(None) => return Ok(Claim::Retry),
+                Err(RegistryError::Unavailable(_)) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Claim::Retry)
+    }
+
+    fn record_skip(&self, spec: &JobSpec, item: u32, range: &SkippedRange, reason: SkipReason) {
+        let Some((me, _)) = self.shared.current_session() else {
+            return;
+        };
+        let now = self.shared.clock.wall();
+        tracing::info!(job = %spec.name, item, count = range.count, %reason, "fires skipped");
+        self.history.record(HistoryEvent::Record(ExecutionRecord {
+            id: new_execution_id_at(now),
+            job: spec.name.as_str().to_string(),
+            item,
+            total: spec.shards,
+            fire_time: range.first,
+            fire_time_end: (range.count > 1).then_some(range.last),
+            skipped_count: Some(u32::try_from(range.count).unwrap_or(u32::MAX)),
+            started_at: now,
+            ended_at: Some(now),
+            instance: me,
+            host: crate::instance::host_name(),
+            source: ExecutionSource::Normal,
+            status: ExecutionStatus::Skipped,
+            skip_reason: Some(reason),
+            attempt: 0,
+            token: 0,
+            cause: None,
+            output: None,
+        }));
+    }
+
+    /// Start the execution of a claimed fire in its own task.
+    #[allow(clippy::too_many_arguments)]
+    fn start_run(
+        &mut self,
+        spec: &JobSpec,
+        item: u32,
+        fire_time: DateTime<Utc>,
+        source: ExecutionSource,
+        attempt: u32,
+        token: i64,
+        execution: String,
+    ) {
+        let Some((me, _)) = self.shared.current_session() else {
+            return;
+        };
+        let JobKind::Handler(h) = &spec.kind else {
+            return;
+        };
+        let Some(handler) = self.handlers.get(h) else {
+            return;
+        };
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let reason = Arc::new(Mutex::new(None));
+        lock(&self.running).insert(
+            execution.clone(),
+            Running {
+                job: spec.name.as_str().to_string(),
+                item,
+                identity: me.clone(),
+                cancel: cancel_tx,
+                reason: reason.clone(),
+                task: None,
+            },
+        );
+        let sharding = ShardingContext {
+            job: spec.name.as_str().to_string(),
+            item,
+            total: spec.shards,
+            item_param: spec.shard_params.get(&item).cloned().unwrap_or_default(),
+            param: spec.param.clone(),
+            fire_time,
+            execution_id: execution.clone(),
+            instance: me.clone(),
+            token,
+            source,
+            attempt,
+        };
+        let task = RunTask {
+            shared: self.shared.clone(),
+            history: self.history.clone(),
+            running: self.running.clone(),
+            done: self.done_tx.clone(),
+            timeout: spec.timeout,
+        };
+        let handle = tokio::spawn(task.run(handler, sharding, cancel_rx, reason));
+        if let Some(r) = lock(&self.running).get_mut(&execution) {
+            r.task = Some(handle.abort_handle());
+        }
+    }
+
+    /// Stop every run task at once, recording nothing (a crash).
+    fn abort_all(&self) {
+        for r in lock(&self.running).values() {
+            if let Some(t) = &r.task {
+                t.abort();
+            }
+        }
+        lock(&self.running).clear();
+    }
+
+    /// Self-fence: cancel every run of an identity whose lease is untrusted.
+    fn fence_runs(&self, identity: &str) {
+        for r in lock(&self.running)
+            .values()
+            .filter(|r| r.identity == identity)
+        {
+            *lock(&r.reason) = Some((
+                ExecutionStatus::Cancelled,
+                "the instance fenced itself (its lease could no longer be trusted)".into(),
+            ));
+            let _ = r.cancel.send(true);
+        }
+    }
+
+    /// Take over failed-over runs of items we own.
+    async fn process_failovers(&mut self) {
+        let entries: Vec<KeyValue> = self
+            .shared
+            .mirrors()
+            .failovers
+            .read(|m| m.values().cloned().collect());
+        for kv in entries {
+            let Some((job, item)) = keys::job_item(&kv.key, keys::FAILOVERS) else {
+                continue;
+            };
+            if !self.owned.contains(&(job.clone(), item)) {
+                continue;
+            }
+            let Ok(entry) = decode::<FailoverEntry>(&kv.key, &kv.value) else {
+                continue;
+            };
+            if let Err(e) = self.take_over(&job, item, &entry, kv.mod_revision).await {
+                tracing::debug!(job, item, error = %e, "failover takeover failed");
+            }
+        }
+    }
+
+    async fn take_over(
+        &mut self,
+        job: &str,
+        item: u32,
+        entry: &FailoverEntry,
+        entry_rev: i64,
+    ) -> crate::Result<()> {
+        let Some((me, reg_rev)) = self.shared.current_session() else {
+            return Ok(());
+        };
+        let Some((_, spec)) = self.job(job) else {
+            return Ok(());
+        };
+        let gen_rev = self
+            .shared
+            .mirrors()
+            .generation
+            .get(&keys::generation())
+            .map_or(0, |kv| kv.mod_revision);
+        let now = self.shared.clock.wall();
+        let execution = new_execution_id_at(now);
+        let run = RunRecord {
+            holder: me.clone(),
+            holder_rev: reg_rev,
+            execution: execution.clone(),
+            source: ExecutionSource::Failover,
+            claimed_at: now,
+            ..entry.run.clone()
+        };
+        let fo_key = keys::failover(job, item);
+        let run_key = keys::run(job, item);
+        let resp = self
+            .shared
+            .registry
+            .txn(
+                Txn::new()
+                    .when(Compare::new(
+                        keys::instance(&me),
+                        CompareOp::Equal,
+                        CompareTarget::CreateRevision(reg_rev),
+                    ))
+                    .when(Compare::new(
+                        keys::generation(),
+                        CompareOp::Equal,
+                        CompareTarget::ModRevision(gen_rev),
+                    ))
+                    .when(Compare::new(
+                        fo_key.clone(),
+                        CompareOp::Equal,
+                        CompareTarget::ModRevision(entry_rev),
+                    ))
+                    .when(Compare::new(
+                        run_key.clone(),
+                        CompareOp::Equal,
+                        CompareTarget::ModRevision(entry.run_revision),
+                    ))
+                    .and_then(TxnOp::put(run_key, encode(&run)))
+                    .and_then(TxnOp::delete(fo_key)),
+            )
+            .await?;
+        if resp.succeeded {
+            tracing::info!(job, item, fire = %run.fire, token = resp.revision, "took over a failed-over run");
+            self.start_run(
+                &spec,
+                item,
+                run.fire_time,
+                ExecutionSource::Failover,
+                run.attempt,
+                resp.revision,
+                execution,
+            );
+        }
+        Ok(())
+    }
+
+    /// Manual triggers and cancel requests.
+    async fn process_requests(&mut self) {
+        let reqs: Vec<(Vec<u8>, KeyValue)> = self
+            .shared
+            .mirrors()
+            .requests
+            .read(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        for (k, kv) in reqs {
+            match Key::parse(&k) {
+                Key::TriggerRequest(id) if !self.handled_triggers.contains(&id) => {
+                    let Ok(req) = decode::<TriggerRequest>(&k, &kv.value) else {
+                        continue;
+                    };
+                    if self.trigger(&req).await {
+                        self.handled_triggers.insert(id);
+                    }
+                }
+                Key::CancelRequest(execution) => {
+                    let Ok(req) = decode::<CancelRequest>(&k, &kv.value) else {
+                        continue;
+                    };
+                    let found = {
+                        let running = lock(&self.running);
+                        running.get(&execution).map(|r| {
+                            *lock(&r.reason) = Some((
+                                ExecutionStatus::Cancelled,
+                                format!("cancel requested by {}", req.requested_by),
+                            ));
+                            let _ = r.cancel.send(true);
+                        })
+                    };
+                    if found.is_some() {
+                        let _ = self.shared.registry.delete(&k).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Claim the manual fire of every owned item the request names. Returns whether
+    /// the request is done with (on this instance).
+    async fn trigger(&mut self, req: &TriggerRequest) -> bool {
+        let Some((job_rev, spec)) = self.job(&req.job) else {
+            return true;
+        };
+        let items: Vec<u32> = if req.items.is_empty() {
+            (0..spec.shards).collect()
+        } else {
+            req.items.clone()
+        };
+        let fire = format!("m{}", req.id);
+        let mut all_done = true;
+        for item in items {
+            if !self.owned.contains(&(req.job.clone(), item)) {
+                continue;
+            }
+            match self
+                .claim(
+                    &spec,
+                    job_rev,
+                    item,
+                    &fire,
+                    req.requested_at,
+                    ExecutionSource::Manual,
+                    None,
+                )
+                .await
+            {
+                Ok(Claim::Won { token, execution }) => self.start_run(
+                    &spec,
+                    item,
+                    req.requested_at,
+                    ExecutionSource::Manual,
+                    1,
+                    token,
+                    execution,
+                ),
+                Ok(Claim::Busy) => {
+                    let range = SkippedRange {
+                        first: req.requested_at,
+                        last: req.requested_at,
+                        count: 1,
+                        capped: false,
+                    };
+                    self.record_skip(&spec, item, &range, SkipReason::StillRunning);
+                }
+                Ok(Claim::Retry) => {
+                    // Either claimed already (fire key exists) or a stale view.
+                    let claimed = self
+                        .shared
+                        .registry
+                        .get(&keys::fire(&req.job, item, &fire))
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some();
+                    all_done &= claimed;
+                }
+                Ok(Claim::Fenced) | Err(_) => all_done = false,
+            }
+        }
+        all_done
+    }
+}
+
+/// Cancel the runs of a draining instance that did not finish within the grace
+/// period; they keep their run keys and are failed over.
+pub(crate) fn cancel_for_shutdown(running: &Mutex<HashMap<String, Running>>) {
+    for r in lock(running).values() {
+        *lock(&r.reason) = Some((
+            ExecutionStatus::Cancelled,
+            "the instance shut down before the run finished; it will be failed over".into(),
+        ));
+        let _ = r.cancel.send(true);
+    }
+}
+
+/// One execution: run the handler, record the outcome, release the run key.
+struct RunTask {
+    shared: Arc<Shared>,
+    history: Arc<dyn HistorySink>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    done: mpsc::UnboundedSender<Done>,
+    timeout: Option<Duration>,
+}
+
+impl RunTask {
+    async fn run(
+        self,
+        handler: Arc<dyn crate::execute::SimpleJob>,
+        ctx: ShardingContext,
+        cancel: watch::Receiver<bool>,
+        reason: Arc<Mutex<Option<(ExecutionStatus, String)>>>,
+    ) {
+        let start = self.shared.clock.wall();
+        failpoints::hit("after_claim", &ctx.instance).await;
+        self.history.record(HistoryEvent::Record(ExecutionRecord {
+            id: ctx.execution_id.clone(),
+            job: ctx.job.clone(),
+            item: ctx.item,
+            total: ctx.total,
+            fire_time: ctx.fire_time,
+            fire_time_end: None,
+            skipped_count: None,
+            started_at: start,
+            ended_at: None,
+            instance: ctx.instance.clone(),
+            host: crate::instance::host_name(),
+            source: ctx.source,
+            status: ExecutionStatus::Running,
+            skip_reason: None,
+            attempt: ctx.attempt,
+            token: ctx.token,
+            cause: None,
+            output: None,
+        }));
+        let job_ctx = JobContext::new(ctx.clone(), cancel.clone());
+        let cancel_flag = cancel.clone();
+        let cancelled = {
+            let c = JobContext::new(ctx.clone(), cancel);
+            async move { c.cancelled().await }
+        };
+        let timeout = async {
+            match self.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let (status, cause, output) = tokio::select! {
+            r = handler.execute(job_ctx) => match r {
+                Ok(out) => (ExecutionStatus::Succeeded, None, out),
+                Err(e) => (ExecutionStatus::Failed, Some(e.0), None),
+            },
+            () = cancelled => {
+                let (s, why) = lock(&reason)
+                    .clone()
+                    .unwrap_or((ExecutionStatus::Cancelled, "cancelled".into()));
+                (s, Some(why), None)
+            }
+            () = timeout => (
+                ExecutionStatus::TimedOut,
+                Some(format!("ran longer than its timeout of {:?}", self.timeout.unwrap_or_default())),
+                None,
+            ),
+        };
+        // A handler that gave up because it was asked to stop ended by cancellation,
+        // whatever it returned.
+        let (status, cause, output) =
+            if *cancel_flag.borrow() && status != ExecutionStatus::Succeeded {
+                let (s, why) = lock(&reason)
+                    .clone()
+                    .unwrap_or((ExecutionStatus::Cancelled, "cancelled".into()));
+                (s, Some(why), output)
+            } else {
+                (status, cause, output)
+            };
+        let fenced = self
+            .shared
+            .current_session()
+            .is_none_or(|(id, _)| id != ctx.instance);
+        let end = self.shared.clock.wall();
+        self.history.record(HistoryEvent::Update(ExecutionUpdate {
+            id: ctx.execution_id.clone(),
+            status,
+            at: end,
+            ended_at: Some(end),
+            cause,
+            output,
+            message: None,
+        }));
+        failpoints::hit("before_release", &ctx.instance).await;
+        // A run stopped by self-fencing keeps its run key: the leader fails the fire
+        // over once our old identity is gone. Any other ending releases it.
+        let keep_for_failover =
+            status == ExecutionStatus::Cancelled && (fenced || self.shared.draining());
+        if !keep_for_failover && let Err(e) = self.release(&ctx, end).await {
+            tracing::warn!(job = %ctx.job, item = ctx.item, error = %e, "release failed; the run key is left for failover");
+        }
+        lock(&self.running).remove(&ctx.execution_id);
+        let _ = self.done.send(Done {
+            job: ctx.job,
+            item: ctx.item,
+        });
+    }
+
+    /// Delete the run key if it is still ours (its revision is our token) and record
+    /// the completion time in `last`.
+    async fn release(&self, ctx: &ShardingContext, completed: DateTime<Utc>) -> crate::Result<()> {
+        let run_key = keys::run(&ctx.job, ctx.item);
+        let last_key = keys::last(&ctx.job, ctx.item);
+        for _ in 0..20 {
+            let last = self.shared.registry.get(&last_key).await?;
+            let (mut state, last_rev) = match &last {
+                Some(kv) => (decode::<LastFire>(&kv.key, &kv.value)?, kv.mod_revision),
+                None => (
+                    LastFire {
+                        fire: None,
+                        completed: None,
+                        since: completed,
+                    },
+                    0,
+                ),
+            };
+            if ctx.source != ExecutionSource::Manual {
+                state.completed = Some(completed);
+            }
+            let resp = self
+                .shared
+                .registry
+                .txn(
+                    Txn::new()
+                        .when(Compare::new(
+                            run_key.clone(),
+                            CompareOp::Equal,
+                            CompareTarget::ModRevision(ctx.token),
+                        ))
+                        .when(Compare::new(
+                            last_key.clone(),
+                            CompareOp::Equal,
+                            CompareTarget::ModRevision(last_rev),
+                        ))
+                        .and_then(TxnOp::delete(run_key.clone()))
+                        .and_then(TxnOp::put(last_key.clone(), encode(&state)))
+                        .or_else(TxnOp::get(run_key.clone())),
+                )
+                .await?;
+            if resp.succeeded {
+                return Ok(());
+            }
+            if first_get(&resp.responses, 0).is_none_or(|kv| kv.mod_revision != ctx.token) {
+                // Not ours any more (failed over): leave it alone.
+                return Ok(());
+            }
+        }
+        Err(crate::Error::Conflict(
+            "the item's last-fire state kept changing".into(),
+        ))
+    }
+}
+
+/// Leader duty: fail over runs whose holder is gone. A run key whose holder's
+/// instance key has been absent for the lock delay becomes a failover entry (or,
+/// with `failover = false`, is cleared); its execution is recorded LOST.
+pub(crate) async fn fail_over_dead_runs(
+    shared: &Arc<Shared>,
+    token: i64,
+    history: Option<&Arc<dyn HistorySink>>,
+    lock_delay: Duration,
+    dead_since: &mut HashMap<Vec<u8>, shardcron_core::MonoTime>,
+) -> crate::Result<()> {
+    let m = shared.mirrors();
+    let runs: Vec<KeyValue> = m.runs.read(|r| r.values().cloned().collect());
+    let now = shared.clock.mono();
+    let mut still_dead = HashSet::new();
+    for kv in runs {
+        let Ok(run) = decode::<RunRecord>(&kv.key, &kv.value) else {
+            continue;
+        };
+        let holder_live = m
+            .instances
+            .get(&keys::instance(&run.holder))
+            .is_some_and(|i| i.create_revision == run.holder_rev);
+        if holder_live {
+            continue;
+        }
+        let Some((job, item)) = keys::job_item(&kv.key, keys::RUNS) else {
+            continue;
+        };
+        if m.failovers.get(&keys::failover(&job, item)).is_some() {
+            continue;
+        }
+        still_dead.insert(kv.key.clone());
+        let since = *dead_since.entry(kv.key.clone()).or_insert(now);
+        if now.duration_since(since) < lock_delay {
+            continue;
+        }
+        let failover = m
+            .jobs
+            .get(&keys::job(&job))
+            .and_then(|j| decode_job(&j.key, &j.value).ok())
+            .is_none_or(|spec| spec.failover);
+        let mut txn = Txn::new()
+            .when(Compare::new(
+                keys::leader(),
+                CompareOp::Equal,
+                CompareTarget::CreateRevision(token),
+            ))
+            .when(Compare::new(
+                kv.key.clone(),
+                CompareOp::Equal,
+                CompareTarget::ModRevision(kv.mod_revision),
+            ))
+            .when(Compare::new(
+                keys::instance(&run.holder),
+                CompareOp::Equal,
+                CompareTarget::CreateRevision(0),
+            ));
+        txn = if failover {
+            txn.and_then(TxnOp::put(
+                keys::failover(&job, item),
+                encode(&FailoverEntry {
+                    run: run.clone(),
+                    run_revision: kv.mod_revision,
+                    at: shared.clock.wall(),
+                }),
+            ))
+        } else {
+            txn.and_then(TxnOp::delete(kv.key.clone()))
+        };
+        let resp = shared.registry.txn(txn).await?;
+        if resp.succeeded {
+            let at = shared.clock.wall();
+            let cause = format!(
+                "its holder {} lost its lease{}",
+                run.holder,
+                if failover {
+                    "; failed over"
+                } else {
+                    "; failover is off"
+                }
+            );
+            tracing::warn!(job, item, holder = %run.holder, failover, "run of a dead holder");
+            // A full record from the run key: the holder's own records may have died
+            // with it (kill -9 loses the last flush), and the run is still accounted
+            // for. A real outcome the holder did record wins over LOST in the store.
+            let Some(history) = history else {
+                dead_since.remove(&kv.key);
+                continue;
+            };
+            history.record(HistoryEvent::Record(ExecutionRecord {
+                id: run.execution.clone(),
+                job: job.clone(),
+                item,
+                total: run.total,
+                fire_time: run.fire_time,
+                fire_time_end: None,
+                skipped_count: None,
+                started_at: run.claimed_at,
+                ended_at: Some(at),
+                instance: run.holder.clone(),
+                host: String::new(),
+                source: run.source,
+                status: ExecutionStatus::Lost,
+                skip_reason: None,
+                attempt: run.attempt,
+                token: kv.mod_revision,
+                cause: Some(cause),
+                output: None,
+            }));
+            dead_since.remove(&kv.key);
+        }
+    }
+    dead_since.retain(|k, _| still_dead.contains(k));
+    Ok(())
+}

@@ -1,0 +1,554 @@
+//! Cluster runtime, part 2, on the embedded registry and on a real etcd: every fire
+//! runs once (I2), never overlapping (I1), with increasing tokens (I4); a holder
+//! killed mid-run is failed over with a higher token and its run recorded LOST; an
+//! ambiguous commit is adopted; a manual trigger runs once per item; cancel works;
+//! misfire policies after downtime and for overlap.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{Backend, Env, config, eventually};
+use shardcron_core::job::JobFile;
+use shardcron_core::{ExecutionSource, ExecutionStatus};
+use shardcron_registry::{
+    DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, RegistryError,
+    Result, Revision, Txn, TxnOp, TxnResponse, WatchStream,
+};
+use shardcron_runtime::{
+    Cluster, Handlers, HistorySink, Instance, JobContext, JobError, MemoryHistory, Runner,
+    SchedulerOptions, SimpleJob,
+};
+use shardcron_store::HistoryEvent;
+
+const T: Duration = Duration::from_secs(20);
+
+/// One execution as the job saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    job: String,
+    item: u32,
+    fire: DateTime<Utc>,
+    instance: String,
+    token: i64,
+    source: ExecutionSource,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    cancelled: bool,
+}
+
+/// A job that records every run and takes `work` to finish (cancellable).
+#[derive(Clone)]
+struct Witness {
+    log: Arc<Mutex<Vec<Seen>>>,
+    work: Duration,
+}
+
+#[async_trait::async_trait]
+impl SimpleJob for Witness {
+    async fn execute(&self, ctx: JobContext) -> std::result::Result<Option<String>, JobError> {
+        let start = Utc::now();
+        let cancelled = tokio::select! {
+            () = tokio::time::sleep(self.work) => false,
+            () = ctx.cancelled() => true,
+        };
+        let s = &ctx.sharding;
+        self.log.lock().expect("log").push(Seen {
+            job: s.job.clone(),
+            item: s.item,
+            fire: s.fire_time,
+            instance: s.instance.clone(),
+            token: s.token,
+            source: s.source,
+            start,
+            end: Utc::now(),
+            cancelled,
+        });
+        if cancelled {
+            return Err(JobError("stopped".into()));
+        }
+        Ok(Some(format!("item {} done", s.item)))
+    }
+}
+
+impl Witness {
+    fn new(work: Duration) -> Self {
+        Witness {
+            log: Arc::default(),
+            work,
+        }
+    }
+    fn seen(&self) -> Vec<Seen> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+fn runner(w: &Witness, history: Arc<dyn HistorySink>) -> Runner {
+    Runner {
+        handlers: Handlers::new().register("witness", w.clone()),
+        history,
+        options: SchedulerOptions::default(),
+    }
+}
+
+async fn start_runner(env: &Env, name: &str, w: &Witness, h: Arc<dyn HistorySink>) -> Instance {
+    Instance::start_with(env.connect().await, env.clock(), config(name), runner(w, h))
+        .await
+        .expect("instance starts")
+}
+
+async fn create(env: &Env, toml: &str) {
+    let spec = JobFile::from_toml(toml).expect("job").jobs.remove(0);
+    Cluster::new(env.connect().await, env.clock())
+        .create_job(&spec)
+        .await
+        .expect("create job");
+}
+
+/// I1 and I2 and I4 over a log: no two runs of an item overlap, no (item, fire) runs
+/// twice unless the second is a FAILOVER, and tokens increase per item in start order.
+fn check_invariants(seen: &[Seen]) {
+    let mut by_item: BTreeMap<(String, u32), Vec<&Seen>> = BTreeMap::new();
+    for s in seen {
+        by_item.entry((s.job.clone(), s.item)).or_default().push(s);
+    }
+    for (key, mut runs) in by_item {
+        runs.sort_by_key(|s| s.start);
+        for w in runs.windows(2) {
+            assert!(
+                w[1].start >= w[0].end || w[0].cancelled,
+                "I1: runs of {key:?} overlap: {:?} and {:?}",
+                w[0],
+                w[1]
+            );
+            assert!(
+                w[1].token > w[0].token,
+                "I4: tokens of {key:?} do not increase: {w:?}"
+            );
+        }
+        let mut fires = HashSet::new();
+        for r in &runs {
+            if r.source != ExecutionSource::Failover {
+                assert!(
+                    fires.insert(r.fire),
+                    "I2: fire {} of {key:?} claimed twice",
+                    r.fire
+                );
+            }
+        }
+    }
+}
+
+fn statuses(h: &MemoryHistory) -> Vec<(String, ExecutionStatus)> {
+    h.events()
+        .into_iter()
+        .map(|e| match e {
+            HistoryEvent::Record(r) => (r.id, r.status),
+            HistoryEvent::Update(u) => (u.id, u.status),
+        })
+        .collect()
+}
+
+async fn every_fire_runs_once_across_racing_instances(b: Backend) {
+    let env = Env::new(b).await;
+    create(
+        &env,
+        "[[job]]\nname = \"tick\"\nevery = \"1s\"\nshards = 4\nkind = \"witness\"\n",
+    )
+    .await;
+    let w = Witness::new(Duration::from_millis(100));
+    let h = Arc::new(MemoryHistory::new());
+    let a = start_runner(&env, "a", &w, h.clone()).await;
+    let bb = start_runner(&env, "b", &w, h.clone()).await;
+    let c = start_runner(&env, "c", &w, h.clone()).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop((a, bb, c));
+    let seen = w.seen();
+    check_invariants(&seen);
+    for item in 0..4 {
+        let mut fires: Vec<DateTime<Utc>> = seen
+            .iter()
+            .filter(|s| s.item == item)
+            .map(|s| s.fire)
+            .collect();
+        fires.sort();
+        assert!(
+            fires.len() >= 3,
+            "item {item} ran {} times in 5 s",
+            fires.len()
+        );
+        for p in fires.windows(2) {
+            assert_eq!(
+                (p[1] - p[0]).num_milliseconds(),
+                1000,
+                "I3: item {item} has a gap between {} and {}",
+                p[0],
+                p[1]
+            );
+        }
+    }
+    assert!(
+        seen.iter().all(|s| s.source == ExecutionSource::Normal),
+        "all on time"
+    );
+    let instances: HashSet<&String> = seen.iter().map(|s| &s.instance).collect();
+    assert!(
+        instances.len() >= 2,
+        "the items are spread over the instances: {instances:?}"
+    );
+}
+
+async fn a_holder_killed_mid_run_is_failed_over_with_a_higher_token(b: Backend) {
+    let env = Env::new(b).await;
+    let w = Witness::new(Duration::from_secs(3600));
+    let h = Arc::new(MemoryHistory::new());
+    let a = start_runner(&env, "a", &w, h.clone()).await;
+    let bb = start_runner(&env, "b", &w, h.clone()).await;
+    create(
+        &env,
+        "[[job]]\nname = \"long\"\nevery = \"1h\"\nshards = 1\nkind = \"witness\"\n",
+    )
+    .await;
+    let reg = env.connect().await;
+    common::eventually_async("the run starts", T, || {
+        let reg = reg.clone();
+        async move { reg.get(b"run/long/0").await.expect("get").is_some() }
+    })
+    .await;
+    let run = reg.get(b"run/long/0").await.expect("get").expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&run.value).expect("json");
+    let holder = v["holder"].as_str().unwrap_or_default().to_string();
+    let first_token = reg
+        .get(b"run/long/0")
+        .await
+        .expect("get")
+        .expect("run")
+        .mod_revision;
+    let (dead, survivor) = if a.id().as_deref() == Some(holder.as_str()) {
+        (a, bb)
+    } else {
+        (bb, a)
+    };
+    drop(dead); // a crash: no release, no revoke
+    common::eventually_async("the run key now belongs to the survivor", T, || {
+        let reg = reg.clone();
+        let id = survivor.id().unwrap_or_default();
+        async move {
+            reg.get(b"run/long/0")
+                .await
+                .expect("get")
+                .is_some_and(|kv| {
+                    serde_json::from_slice::<serde_json::Value>(&kv.value)
+                        .is_ok_and(|v| v["holder"] == id.as_str() && v["source"] == "FAILOVER")
+                })
+        }
+    })
+    .await;
+    let kv = reg.get(b"run/long/0").await.expect("get").expect("run");
+    assert!(
+        kv.mod_revision > first_token,
+        "I4: the failover claim has a higher token"
+    );
+    let lost: Vec<_> = statuses(&h)
+        .into_iter()
+        .filter(|(_, s)| *s == ExecutionStatus::Lost)
+        .collect();
+    assert_eq!(lost.len(), 1, "the dead run is recorded LOST: {lost:?}");
+    drop(survivor);
+}
+
+async fn failover_off_clears_the_run_and_records_it_lost(b: Backend) {
+    let env = Env::new(b).await;
+    let w = Witness::new(Duration::from_secs(3600));
+    let h = Arc::new(MemoryHistory::new());
+    let a = start_runner(&env, "a", &w, h.clone()).await;
+    create(
+        &env,
+        "[[job]]\nname = \"nofo\"\nevery = \"1h\"\nshards = 1\nkind = \"witness\"\nfailover = false\n",
+    )
+    .await;
+    let reg = env.connect().await;
+    common::eventually_async("the run starts", T, || {
+        let reg = reg.clone();
+        async move { reg.get(b"run/nofo/0").await.expect("get").is_some() }
+    })
+    .await;
+    let bb = start_runner(&env, "b", &w, h.clone()).await;
+    drop(a);
+    common::eventually_async("the run key is cleared", T, || {
+        let reg = reg.clone();
+        async move { reg.get(b"run/nofo/0").await.expect("get").is_none() }
+    })
+    .await;
+    eventually("LOST recorded", T, || {
+        statuses(&h)
+            .iter()
+            .any(|(_, s)| *s == ExecutionStatus::Lost)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !w.seen()
+            .iter()
+            .any(|s| s.source == ExecutionSource::Failover),
+        "no failover run with failover = false"
+    );
+    drop(bb);
+}
+
+async fn a_manual_trigger_runs_once_per_item_and_cancel_stops_a_run(b: Backend) {
+    let env = Env::new(b).await;
+    let w = Witness::new(Duration::from_millis(50));
+    let h = Arc::new(MemoryHistory::new());
+    let a = start_runner(&env, "a", &w, h.clone()).await;
+    let bb = start_runner(&env, "b", &w, h.clone()).await;
+    create(
+        &env,
+        "[[job]]\nname = \"manual\"\nmanual = true\nshards = 3\nkind = \"witness\"\n",
+    )
+    .await;
+    let cluster = Cluster::new(env.connect().await, env.clock());
+    eventually("items placed", T, || {
+        a.my_items("manual").len() + bb.my_items("manual").len() == 3
+    })
+    .await;
+    cluster
+        .trigger("manual", vec![], "tester")
+        .await
+        .expect("trigger");
+    eventually("three manual runs", T, || w.seen().len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = w.seen();
+    assert_eq!(seen.len(), 3, "once per item: {seen:?}");
+    assert!(seen.iter().all(|s| s.source == ExecutionSource::Manual));
+    let items: HashSet<u32> = seen.iter().map(|s| s.item).collect();
+    assert_eq!(items.len(), 3);
+
+    // Cancel: a long run stops and ends CANCELLED.
+    let slow = Witness::new(Duration::from_secs(3600));
+    let h2 = Arc::new(MemoryHistory::new());
+    let c = start_runner(&env, "c", &slow, h2.clone()).await;
+    drop(a);
+    drop(bb);
+    create(
+        &env,
+        "[[job]]\nname = \"slow\"\nmanual = true\nshards = 1\nkind = \"witness\"\n",
+    )
+    .await;
+    eventually("c owns slow", T, || c.my_items("slow") == vec![0]).await;
+    cluster
+        .trigger("slow", vec![0], "tester")
+        .await
+        .expect("trigger");
+    eventually("the slow run started", T, || {
+        statuses(&h2)
+            .iter()
+            .any(|(_, s)| *s == ExecutionStatus::Running)
+    })
+    .await;
+    let exec = statuses(&h2)
+        .into_iter()
+        .find(|(_, s)| *s == ExecutionStatus::Running)
+        .map(|(id, _)| id)
+        .expect("execution id");
+    cluster.cancel(&exec, "tester").await.expect("cancel");
+    eventually("cancelled", T, || {
+        statuses(&h2)
+            .iter()
+            .any(|(id, s)| *id == exec && *s == ExecutionStatus::Cancelled)
+    })
+    .await;
+    let reg = env.connect().await;
+    common::eventually_async("run key released", T, || {
+        let reg = reg.clone();
+        async move { reg.get(b"run/slow/0").await.expect("get").is_none() }
+    })
+    .await;
+    drop(c);
+}
+
+async fn misfire_policies_after_a_whole_cluster_restart(b: Backend) {
+    for policy in ["fire_once", "skip", "catch_up"] {
+        let env = Env::new(b).await;
+        let name = policy.replace('_', "-");
+        let mut toml = format!(
+            "[[job]]\nname = \"{name}\"\nevery = \"1s\"\nshards = 1\nkind = \"witness\"\nmisfire = \"{policy}\"\n"
+        );
+        if policy == "catch_up" {
+            toml.push_str("catch_up_max = 3\n");
+        }
+        create(&env, &toml).await;
+        let w = Witness::new(Duration::from_millis(10));
+        let h = Arc::new(MemoryHistory::new());
+        let a = start_runner(&env, "a", &w, h.clone()).await;
+        eventually("it runs", T, || w.seen().len() >= 2).await;
+        // The whole cluster goes away for 5 s (the registry keeps `last`).
+        a.shutdown().await.expect("shutdown");
+        let before = w.seen().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let restart = Utc::now();
+        let h2 = Arc::new(MemoryHistory::new());
+        let a2 = start_runner(&env, "a", &w, h2.clone()).await;
+        eventually("decided after the restart", T, || {
+            h2.events().iter().any(
+                |e| matches!(e, HistoryEvent::Record(r) if r.status == ExecutionStatus::Skipped),
+            )
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(a2);
+        let after: Vec<Seen> = w.seen().into_iter().skip(before).collect();
+        let misfires = after
+            .iter()
+            .filter(|s| s.source == ExecutionSource::Misfire)
+            .count();
+        let on_time_at_restart = after
+            .iter()
+            .filter(|s| s.source == ExecutionSource::Normal && s.fire <= restart)
+            .count();
+        let skipped: u64 = h2
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                HistoryEvent::Record(r) if r.status == ExecutionStatus::Skipped => {
+                    r.skipped_count.map(u64::from)
+                }
+                _ => None,
+            })
+            .sum();
+        match policy {
+            "fire_once" => {
+                assert_eq!(
+                    misfires + on_time_at_restart,
+                    1,
+                    "fire_once runs once: {after:?}"
+                );
+                assert!(skipped >= 3, "fire_once skips the rest: {skipped}");
+            }
+            "skip" => {
+                assert_eq!(misfires, 0, "skip runs no missed fire: {after:?}");
+                assert!(skipped >= 4, "skip records every missed fire: {skipped}");
+            }
+            _ => {
+                assert_eq!(misfires, 3, "catch_up runs up to its cap: {after:?}");
+                assert!(skipped >= 1, "older ones are skipped: {skipped}");
+            }
+        }
+        // Every fire missed in the ~5 s gap is accounted for: run or skipped (I3).
+        let accounted = skipped as usize + misfires + on_time_at_restart;
+        assert!(
+            (5..=7).contains(&accounted),
+            "{policy}: {skipped} skipped + {misfires} misfire + {on_time_at_restart} on-time runs should cover the ~5-6 due fires"
+        );
+        check_invariants(&w.seen());
+    }
+}
+
+async fn an_ambiguous_commit_is_adopted_not_claimed_twice(b: Backend) {
+    let env = Env::new(b).await;
+    create(
+        &env,
+        "[[job]]\nname = \"amb\"\nevery = \"1h\"\nshards = 1\nkind = \"witness\"\n",
+    )
+    .await;
+    let w = Witness::new(Duration::from_millis(50));
+    let h = Arc::new(MemoryHistory::new());
+    let lossy = Arc::new(LoseFirstClaimAnswer {
+        inner: env.connect().await,
+        lost: Mutex::new(false),
+    });
+    let a = Instance::start_with(
+        lossy.clone(),
+        env.clock(),
+        config("a"),
+        runner(&w, h.clone()),
+    )
+    .await
+    .expect("start");
+    eventually("the fire ran", T, || !w.seen().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        *lossy.lost.lock().expect("flag"),
+        "the answer of the claim was lost"
+    );
+    let seen = w.seen();
+    assert_eq!(seen.len(), 1, "run exactly once: {seen:?}");
+    let reg = env.connect().await;
+    assert!(
+        reg.get(b"run/amb/0").await.expect("get").is_none(),
+        "not left stuck"
+    );
+    drop(a);
+}
+
+/// Applies the first claim transaction, then reports it as failed: the answer was
+/// lost after the commit.
+#[derive(Debug)]
+struct LoseFirstClaimAnswer {
+    inner: Arc<dyn Registry>,
+    lost: Mutex<bool>,
+}
+
+#[async_trait::async_trait]
+impl Registry for LoseFirstClaimAnswer {
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.inner.range(req).await
+    }
+    async fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
+        self.inner.delete(key).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let is_claim = txn
+            .then
+            .iter()
+            .any(|op| matches!(op, TxnOp::Put { key, .. } if key.starts_with(b"run/")));
+        let resp = self.inner.txn(txn).await?;
+        if is_claim && resp.succeeded {
+            let mut lost = self.lost.lock().expect("flag");
+            if !*lost {
+                *lost = true;
+                return Err(RegistryError::Unavailable("answer lost (test)".into()));
+            }
+        }
+        Ok(resp)
+    }
+    async fn lease_grant(&self, ttl: Duration) -> Result<Lease> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration> {
+        self.inner.lease_keep_alive(id).await
+    }
+    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
+        self.inner.lease_revoke(id).await
+    }
+    async fn lease_time_to_live(&self, id: LeaseId) -> Result<Option<Duration>> {
+        self.inner.lease_time_to_live(id).await
+    }
+    async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream> {
+        self.inner.watch(prefix, from).await
+    }
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.inner.compact(revision).await
+    }
+    async fn current_revision(&self) -> Result<Revision> {
+        self.inner.current_revision().await
+    }
+}
+
+on_both_backends!(
+    every_fire_runs_once_across_racing_instances,
+    a_holder_killed_mid_run_is_failed_over_with_a_higher_token,
+    failover_off_clears_the_run_and_records_it_lost,
+    a_manual_trigger_runs_once_per_item_and_cancel_stops_a_run,
+    misfire_policies_after_a_whole_cluster_restart,
+    an_ambiguous_commit_is_adopted_not_claimed_twice,
+);
