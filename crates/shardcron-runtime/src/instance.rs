@@ -420,6 +420,7 @@ impl Instance {
             mirror.synced().await;
         }
         tokio::spawn(session_loop(shared.clone()));
+        tokio::spawn(deadline_watchdog(shared.clone()));
         tokio::spawn(heartbeat_loop(shared.clone()));
         tokio::spawn(leader_loop(shared.clone()));
         tokio::spawn(watch_instances(shared.clone()));
@@ -959,6 +960,36 @@ async fn session_loop(shared: Arc<Shared>) {
         tokio::select! {
             _ = stop.changed() => return,
             r = changed.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Fence exactly when the lease's local deadline minus the fence margin passes, so
+/// that runs stop before the registry could expire the lease (the keeper itself
+/// only reports a loss at the deadline).
+async fn deadline_watchdog(shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let session = read(&shared.session).clone();
+        let wait = match session {
+            Some(s) if !shared.fenced.load(Ordering::SeqCst) => {
+                let left = s.keeper.remaining(shared.config.fence_margin);
+                if left.is_zero() {
+                    shared.fence(
+                        &s.id,
+                        "no keep-alive was acknowledged in time: the lease's local deadline \
+                         minus the fence margin has passed",
+                    );
+                    Duration::from_millis(10)
+                } else {
+                    left.min(Duration::from_millis(100))
+                }
+            }
+            _ => Duration::from_millis(50),
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

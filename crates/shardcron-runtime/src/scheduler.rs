@@ -43,6 +43,10 @@ use crate::model::{
     CancelRequest, FailoverEntry, FireClaim, LastFire, RunRecord, TriggerRequest, decode, encode,
 };
 
+/// How long a cancelled handler may take to return before its future is dropped.
+/// Short, because a self-fenced run must stop well within the fence margin.
+pub const CANCEL_GRACE: Duration = Duration::from_millis(200);
+
 /// How the trigger loop behaves.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
@@ -389,9 +393,7 @@ impl Scheduler {
             self.schedule_at(job, item, retry);
             return Ok(());
         }
-        if self.running_item(job, item) {
-            return Ok(()); // re-evaluated when it ends
-        }
+        let running_here = self.running_item(job, item);
         let now = self.shared.clock.wall();
         let anchor = self
             .shared
@@ -452,8 +454,11 @@ impl Scheduler {
             fire: Some(fire_time),
             ..last.clone()
         };
-        let claim = self
-            .claim(
+        let claim = if running_here {
+            // Our own run of this item is still going: the fire finds it running.
+            Claim::Busy
+        } else {
+            self.claim(
                 &spec,
                 job_rev,
                 item,
@@ -462,7 +467,8 @@ impl Scheduler {
                 source,
                 Some((last_rev, &new_last)),
             )
-            .await?;
+            .await?
+        };
         match claim {
             Claim::Won { token, execution } => {
                 if let Some(range) = decision.skipped {
@@ -472,14 +478,24 @@ impl Scheduler {
             }
             Claim::Busy => {
                 if spec.misfire == MisfirePolicy::Skip {
-                    // A fire that finds its item still running is dropped, on record.
+                    // A fire that finds its item still running is dropped, on record;
+                    // so are the missed fires decided with it.
+                    let last_decided = decision.run.last().map_or(fire_time, |(f, _)| *f);
                     let range = SkippedRange {
                         first: decision.skipped.as_ref().map_or(fire_time, |s| s.first),
-                        last: fire_time,
-                        count: decision.skipped.as_ref().map_or(0, |s| s.count) + 1,
+                        last: last_decided,
+                        count: decision.skipped.as_ref().map_or(0, |s| s.count)
+                            + decision.run.len() as u64,
                         capped: false,
                     };
-                    if self.advance_last(job, item, last_rev, &new_last).await? {
+                    let skipped_last = LastFire {
+                        fire: Some(last_decided),
+                        ..last.clone()
+                    };
+                    if self
+                        .advance_last(job, item, last_rev, &skipped_last)
+                        .await?
+                    {
                         self.record_skip(&spec, item, &range, SkipReason::StillRunning);
                     }
                 }
@@ -1083,12 +1099,17 @@ impl RunTask {
                 None => std::future::pending::<()>().await,
             }
         };
+        let handler_run = handler.execute(job_ctx);
+        tokio::pin!(handler_run);
         let (status, cause, output) = tokio::select! {
-            r = handler.execute(job_ctx) => match r {
+            r = &mut handler_run => match r {
                 Ok(out) => (ExecutionStatus::Succeeded, None, out),
                 Err(e) => (ExecutionStatus::Failed, Some(e.0), None),
             },
             () = cancelled => {
+                // Cooperative first: the handler sees the signal and may return
+                // within the grace; after it, its future is dropped.
+                let _ = tokio::time::timeout(CANCEL_GRACE, &mut handler_run).await;
                 let (s, why) = lock(&reason)
                     .clone()
                     .unwrap_or((ExecutionStatus::Cancelled, "cancelled".into()));

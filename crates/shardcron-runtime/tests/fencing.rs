@@ -1,0 +1,382 @@
+//! Cluster runtime, part 2, continued: a fire that finds its item still running
+//! (each misfire policy), a generation change between a claim and its run (with a
+//! failpoint), and self-fencing before the lease can expire when keep-alives stall.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{Backend, Env, config, eventually};
+use shardcron_core::execution::SkipReason;
+use shardcron_core::job::JobFile;
+use shardcron_core::{ExecutionSource, ExecutionStatus};
+use shardcron_registry::{
+    DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, Result,
+    Revision, Txn, TxnResponse, WatchStream,
+};
+use shardcron_runtime::failpoints::{self, Action};
+use shardcron_runtime::{
+    Cluster, Handlers, HistorySink, Instance, JobContext, JobError, MemoryHistory, Runner,
+    SchedulerOptions, SimpleJob,
+};
+use shardcron_store::HistoryEvent;
+
+const T: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+struct Run {
+    item: u32,
+    fire: DateTime<Utc>,
+    instance: String,
+    token: i64,
+    source: ExecutionSource,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    cancelled: bool,
+}
+
+#[derive(Clone)]
+struct Slow {
+    log: Arc<Mutex<Vec<Run>>>,
+    work: Duration,
+}
+
+#[async_trait::async_trait]
+impl SimpleJob for Slow {
+    async fn execute(&self, ctx: JobContext) -> std::result::Result<Option<String>, JobError> {
+        let start = Utc::now();
+        let cancelled = tokio::select! {
+            () = tokio::time::sleep(self.work) => false,
+            () = ctx.cancelled() => true,
+        };
+        let s = &ctx.sharding;
+        self.log.lock().expect("log").push(Run {
+            item: s.item,
+            fire: s.fire_time,
+            instance: s.instance.clone(),
+            token: s.token,
+            source: s.source,
+            start,
+            end: Utc::now(),
+            cancelled,
+        });
+        if cancelled {
+            return Err(JobError("stopped: cancelled".into()));
+        }
+        Ok(None)
+    }
+}
+
+impl Slow {
+    fn new(work: Duration) -> Self {
+        Slow {
+            log: Arc::default(),
+            work,
+        }
+    }
+    fn runs(&self) -> Vec<Run> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+fn runner(job: &Slow, history: Arc<dyn HistorySink>) -> Runner {
+    Runner {
+        handlers: Handlers::new().register("slow", job.clone()),
+        history,
+        options: SchedulerOptions::default(),
+    }
+}
+
+async fn create(env: &Env, toml: &str) {
+    let spec = JobFile::from_toml(toml).expect("job").jobs.remove(0);
+    Cluster::new(env.connect().await, env.clock())
+        .create_job(&spec)
+        .await
+        .expect("create job");
+}
+
+fn assert_no_overlap(runs: &[Run]) {
+    let mut runs = runs.to_vec();
+    runs.sort_by_key(|r| (r.item, r.start));
+    for w in runs.windows(2) {
+        if w[0].item == w[1].item {
+            assert!(w[1].start >= w[0].end, "I1: overlapping runs {w:?}");
+            assert!(w[1].token > w[0].token, "I4: tokens {w:?}");
+        }
+    }
+}
+
+fn skips(h: &MemoryHistory, reason: SkipReason) -> u32 {
+    h.events()
+        .iter()
+        .filter_map(|e| match e {
+            HistoryEvent::Record(r)
+                if r.status == ExecutionStatus::Skipped
+                    && r.skip_reason == Some(reason.clone()) =>
+            {
+                r.skipped_count
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+async fn a_fire_that_finds_its_item_running_follows_the_policy(b: Backend) {
+    for policy in ["skip", "fire_once", "catch_up"] {
+        let env = Env::new(b).await;
+        let mut toml = format!(
+            "[[job]]\nname = \"overlap\"\nevery = \"1s\"\nshards = 1\nkind = \"slow\"\nmisfire = \"{policy}\"\n"
+        );
+        if policy == "catch_up" {
+            toml.push_str("catch_up_max = 2\n");
+        }
+        create(&env, &toml).await;
+        let job = Slow::new(Duration::from_millis(2500));
+        let h = Arc::new(MemoryHistory::new());
+        let a = Instance::start_with(
+            env.connect().await,
+            env.clock(),
+            config("a"),
+            runner(&job, h.clone()),
+        )
+        .await
+        .expect("start");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        drop(a);
+        let runs = job.runs();
+        assert_no_overlap(&runs);
+        assert!(runs.len() >= 2, "{policy}: ran {runs:?}");
+        let fires: HashSet<DateTime<Utc>> = runs.iter().map(|r| r.fire).collect();
+        assert_eq!(fires.len(), runs.len(), "{policy}: I2, a fire ran twice");
+        match policy {
+            "skip" => {
+                assert!(
+                    skips(&h, SkipReason::StillRunning) >= 2,
+                    "{policy}: fires during a run are skipped, on record"
+                );
+                assert!(runs.iter().all(|r| r.source == ExecutionSource::Normal));
+            }
+            "fire_once" => {
+                // Missed while running: once per run-end, the rest skipped.
+                assert!(
+                    skips(&h, SkipReason::MisfirePolicy) >= 1,
+                    "{policy}: missed fires recorded"
+                );
+            }
+            _ => {
+                assert!(
+                    runs.iter().any(|r| r.source == ExecutionSource::Misfire),
+                    "{policy}: missed fires are caught up: {runs:?}"
+                );
+            }
+        }
+    }
+}
+
+async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend) {
+    let env = Env::new(b).await;
+    create(
+        &env,
+        "[[job]]\nname = \"gen\"\nevery = \"1h\"\nshards = 2\nkind = \"slow\"\n",
+    )
+    .await;
+    let job = Slow::new(Duration::from_millis(300));
+    let h = Arc::new(MemoryHistory::new());
+    // `a` pauses right after its claims commit, before the runs start.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let scope = format!("gen{}-", std::process::id());
+    failpoints::set("after_claim", &scope, Action::Pause(gate.clone()));
+    let mut cfg = config(&format!("gen{}", std::process::id()));
+    cfg.name = format!("gen{}", std::process::id());
+    let a = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        cfg,
+        runner(&job, h.clone()),
+    )
+    .await
+    .expect("a");
+    let reg = env.connect().await;
+    common::eventually_async("a claimed both items", T, || {
+        let reg = reg.clone();
+        async move {
+            reg.get(b"run/gen/0").await.expect("get").is_some()
+                && reg.get(b"run/gen/1").await.expect("get").is_some()
+        }
+    })
+    .await;
+    // The generation changes: `b` joins and now owns one of the claimed items.
+    let bb = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner(&job, h.clone()),
+    )
+    .await
+    .expect("b");
+    eventually("b owns an item", T, || !bb.my_items("gen").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(job.runs().is_empty(), "nothing ran while a was paused");
+    gate.add_permits(2);
+    failpoints::clear("after_claim", &scope);
+    eventually("both claimed fires ran", T, || job.runs().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let runs = job.runs();
+    assert_eq!(
+        runs.len(),
+        2,
+        "each fire ran once, by its claimant: {runs:?}"
+    );
+    assert!(
+        runs.iter()
+            .all(|r| r.instance == a.id().unwrap_or_default())
+    );
+    assert_no_overlap(&runs);
+    drop((a, bb));
+}
+
+/// Lets keep-alives through until stalled; records the time of the last one that
+/// was answered.
+#[derive(Debug)]
+struct Stall {
+    inner: Arc<dyn Registry>,
+    stalled: AtomicBool,
+    last_ack: Mutex<Option<std::time::Instant>>,
+}
+
+#[async_trait::async_trait]
+impl Registry for Stall {
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.inner.range(req).await
+    }
+    async fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
+        self.inner.delete(key).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.inner.txn(txn).await
+    }
+    async fn lease_grant(&self, ttl: Duration) -> Result<Lease> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration> {
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let sent = std::time::Instant::now();
+        let r = self.inner.lease_keep_alive(id).await;
+        if r.is_ok() {
+            *self.last_ack.lock().expect("ack") = Some(sent);
+        }
+        r
+    }
+    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
+        self.inner.lease_revoke(id).await
+    }
+    async fn lease_time_to_live(&self, id: LeaseId) -> Result<Option<Duration>> {
+        self.inner.lease_time_to_live(id).await
+    }
+    async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream> {
+        self.inner.watch(prefix, from).await
+    }
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.inner.compact(revision).await
+    }
+    async fn current_revision(&self) -> Result<Revision> {
+        self.inner.current_revision().await
+    }
+}
+
+async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
+    let env = Env::new(b).await;
+    let job = Slow::new(Duration::from_secs(3600));
+    let h = Arc::new(MemoryHistory::new());
+    let stall = Arc::new(Stall {
+        inner: env.connect().await,
+        stalled: AtomicBool::new(false),
+        last_ack: Mutex::new(None),
+    });
+    let a = Instance::start_with(
+        stall.clone(),
+        env.clock(),
+        config("a"),
+        runner(&job, h.clone()),
+    )
+    .await
+    .expect("a");
+    create(
+        &env,
+        "[[job]]\nname = \"fence\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
+    )
+    .await;
+    let reg = env.connect().await;
+    common::eventually_async("the run started", T, || {
+        let reg = reg.clone();
+        async move { reg.get(b"run/fence/0").await.expect("get").is_some() }
+    })
+    .await;
+    let other = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner(&job, h.clone()),
+    )
+    .await
+    .expect("b");
+    eventually("a keep-alive was acknowledged", T, || {
+        stall.last_ack.lock().expect("ack").is_some()
+    })
+    .await;
+    stall.stalled.store(true, Ordering::SeqCst);
+    eventually("the stalled instance cancelled its run", T, || {
+        job.runs().iter().any(|r| r.cancelled)
+    })
+    .await;
+    let cancelled = std::time::Instant::now();
+    let last_ack = stall
+        .last_ack
+        .lock()
+        .expect("ack")
+        .expect("an acknowledged keep-alive");
+    // The registry cannot expire the lease before last_ack + TTL (2 s).
+    assert!(
+        cancelled < last_ack + Duration::from_secs(2),
+        "fenced {:?} after the last acknowledged keep-alive, at or after the TTL",
+        cancelled - last_ack
+    );
+    let fenced_run = job.runs().into_iter().find(|r| r.cancelled).expect("run");
+    eventually("the fire is failed over to the other instance", T, || {
+        other
+            .id()
+            .is_some_and(|id| h.events().iter().any(|e| matches!(e, HistoryEvent::Record(r) if r.source == ExecutionSource::Failover && r.instance == id)))
+    })
+    .await;
+    let failover_start = h
+        .events()
+        .iter()
+        .find_map(|e| match e {
+            HistoryEvent::Record(r) if r.source == ExecutionSource::Failover => Some(r.started_at),
+            _ => None,
+        })
+        .expect("failover record");
+    assert!(
+        failover_start >= fenced_run.end,
+        "I1: the failover started after the fenced run stopped"
+    );
+    drop((a, other));
+}
+
+on_both_backends!(
+    a_fire_that_finds_its_item_running_follows_the_policy,
+    a_generation_change_between_claim_and_run_runs_the_fire_once,
+    a_stalled_keep_alive_fences_before_the_lease_can_expire,
+);
