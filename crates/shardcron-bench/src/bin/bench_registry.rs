@@ -188,7 +188,7 @@ async fn main() -> Result<()> {
             .and_then(|s| s.lines().next().map(str::to_string))
             .unwrap_or_else(|| "unknown".into())
     );
-    println!("{secs} s per configuration; create-if-absent txn of a fresh key per operation\n");
+    println!("{secs} s per round; create-if-absent txn of a fresh key per operation\n");
 
     let etcd = EtcdServer::start();
     let ours = EtcdRegistry::connect(EtcdOptions::new(etcd.endpoints(), "/bench-ours"))
@@ -199,33 +199,42 @@ async fn main() -> Result<()> {
         .await
         .context("connect raw etcd-client")?;
 
+    // Rounds alternate which client goes first, so that neither always meets a
+    // fresher (or busier) etcd; the table shows each client's median round.
+    const ROUNDS: usize = 3;
     let mut etcd_rows = Vec::new();
+    let mut ratios = Vec::new();
     for (i, &c) in CONCURRENCY.iter().enumerate() {
-        // Alternate which client goes first so neither always gets a fresher etcd.
-        let run = format!("r{i}");
-        if i % 2 == 0 {
-            etcd_rows.push(bench_raw(raw.clone(), &run, c, dur).await?);
-            etcd_rows.push(bench_trait("EtcdRegistry", ours.clone(), &run, c, dur).await?);
-        } else {
-            etcd_rows.push(bench_trait("EtcdRegistry", ours.clone(), &run, c, dur).await?);
-            etcd_rows.push(bench_raw(raw.clone(), &run, c, dur).await?);
+        let mut ours_rounds = Vec::new();
+        let mut raw_rounds = Vec::new();
+        for round in 0..ROUNDS {
+            let run = format!("r{i}-{round}");
+            if (i + round) % 2 == 0 {
+                raw_rounds.push(bench_raw(raw.clone(), &run, c, dur).await?);
+                ours_rounds.push(bench_trait("EtcdRegistry", ours.clone(), &run, c, dur).await?);
+            } else {
+                ours_rounds.push(bench_trait("EtcdRegistry", ours.clone(), &run, c, dur).await?);
+                raw_rounds.push(bench_raw(raw.clone(), &run, c, dur).await?);
+            }
         }
+        let median = |mut rows: Vec<Row>| {
+            rows.sort_by(|a, b| (a.ops as f64 / a.secs).total_cmp(&(b.ops as f64 / b.secs)));
+            rows.swap_remove(rows.len() / 2)
+        };
+        let raw_m = median(raw_rounds);
+        let ours_m = median(ours_rounds);
+        ratios.push((
+            c,
+            100.0 * (ours_m.ops as f64 / ours_m.secs) / (raw_m.ops as f64 / raw_m.secs).max(1e-9),
+        ));
+        etcd_rows.push(raw_m);
+        etcd_rows.push(ours_m);
     }
-    println!("### etcd (one member on loopback)\n");
+    println!("### etcd (one member on loopback), median of {ROUNDS} rounds\n");
     print_rows(&mut etcd_rows);
     println!();
-    for c in CONCURRENCY {
-        let tput = |name: &str| {
-            etcd_rows
-                .iter()
-                .find(|r| r.client == name && r.concurrency == c)
-                .map_or(0.0, |r| r.ops as f64 / r.secs)
-        };
-        let (o, r) = (tput("EtcdRegistry"), tput("raw etcd-client"));
-        println!(
-            "concurrency {c}: EtcdRegistry at {:.1}% of the raw client's throughput",
-            100.0 * o / r.max(1e-9)
-        );
+    for (c, pct) in ratios {
+        println!("concurrency {c}: EtcdRegistry at {pct:.1}% of the raw client's throughput");
     }
 
     let mut mem_rows = Vec::new();
