@@ -10,96 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{Backend, Env, config, eventually};
+use common::{Backend, Env, Recorder, Seen, config, create_job, eventually, runner};
 use shardcron_core::execution::SkipReason;
-use shardcron_core::job::JobFile;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
 use shardcron_registry::{
     DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, Result,
     Revision, Txn, TxnResponse, WatchStream,
 };
 use shardcron_runtime::failpoints::{self, Action};
-use shardcron_runtime::{
-    Cluster, Handlers, HistorySink, Instance, JobContext, JobError, MemoryHistory, Runner,
-    SchedulerOptions, SimpleJob,
-};
+use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
 
 const T: Duration = Duration::from_secs(20);
 
-#[derive(Debug, Clone)]
-struct Run {
-    item: u32,
-    fire: DateTime<Utc>,
-    instance: String,
-    token: i64,
-    source: ExecutionSource,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    cancelled: bool,
-}
-
-#[derive(Clone)]
-struct Slow {
-    log: Arc<Mutex<Vec<Run>>>,
-    work: Duration,
-}
-
-#[async_trait::async_trait]
-impl SimpleJob for Slow {
-    async fn execute(&self, ctx: JobContext) -> std::result::Result<Option<String>, JobError> {
-        let start = Utc::now();
-        let cancelled = tokio::select! {
-            () = tokio::time::sleep(self.work) => false,
-            () = ctx.cancelled() => true,
-        };
-        let s = &ctx.sharding;
-        self.log.lock().expect("log").push(Run {
-            item: s.item,
-            fire: s.fire_time,
-            instance: s.instance.clone(),
-            token: s.token,
-            source: s.source,
-            start,
-            end: Utc::now(),
-            cancelled,
-        });
-        if cancelled {
-            return Err(JobError("stopped: cancelled".into()));
-        }
-        Ok(None)
-    }
-}
-
-impl Slow {
-    fn new(work: Duration) -> Self {
-        Slow {
-            log: Arc::default(),
-            work,
-        }
-    }
-    fn runs(&self) -> Vec<Run> {
-        self.log.lock().expect("log").clone()
-    }
-}
-
-fn runner(job: &Slow, history: Arc<dyn HistorySink>) -> Runner {
-    Runner {
-        handlers: Handlers::new().register("slow", job.clone()),
-        history,
-        options: SchedulerOptions::default(),
-    }
-}
-
-async fn create(env: &Env, toml: &str) {
-    let spec = JobFile::from_toml(toml).expect("job").jobs.remove(0);
-    Cluster::new(env.connect().await, env.clock())
-        .create_job(&spec)
-        .await
-        .expect("create job");
-}
-
-fn assert_no_overlap(runs: &[Run]) {
+fn assert_no_overlap(runs: &[Seen]) {
     let mut runs = runs.to_vec();
     runs.sort_by_key(|r| (r.item, r.start));
     for w in runs.windows(2) {
@@ -134,20 +58,20 @@ async fn a_fire_that_finds_its_item_running_follows_the_policy(b: Backend) {
         if policy == "catch_up" {
             toml.push_str("catch_up_max = 2\n");
         }
-        create(&env, &toml).await;
-        let job = Slow::new(Duration::from_millis(2500));
+        create_job(&env, &toml).await;
+        let job = Recorder::new(Duration::from_millis(2500));
         let h = Arc::new(MemoryHistory::new());
         let a = Instance::start_with(
             env.connect().await,
             env.clock(),
             config("a"),
-            runner(&job, h.clone()),
+            runner("slow", &job, h.clone()),
         )
         .await
         .expect("start");
         tokio::time::sleep(Duration::from_secs(8)).await;
         drop(a);
-        let runs = job.runs();
+        let runs = job.seen();
         assert_no_overlap(&runs);
         assert!(runs.len() >= 2, "{policy}: ran {runs:?}");
         let fires: HashSet<DateTime<Utc>> = runs.iter().map(|r| r.fire).collect();
@@ -179,12 +103,12 @@ async fn a_fire_that_finds_its_item_running_follows_the_policy(b: Backend) {
 
 async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend) {
     let env = Env::new(b).await;
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"gen\"\nevery = \"1h\"\nshards = 2\nkind = \"slow\"\n",
     )
     .await;
-    let job = Slow::new(Duration::from_millis(300));
+    let job = Recorder::new(Duration::from_millis(300));
     let h = Arc::new(MemoryHistory::new());
     // `a` pauses right after its claims commit, before the runs start.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -196,7 +120,7 @@ async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend
         env.connect().await,
         env.clock(),
         cfg,
-        runner(&job, h.clone()),
+        runner("slow", &job, h.clone()),
     )
     .await
     .expect("a");
@@ -214,18 +138,18 @@ async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend
         env.connect().await,
         env.clock(),
         config("b"),
-        runner(&job, h.clone()),
+        runner("slow", &job, h.clone()),
     )
     .await
     .expect("b");
     eventually("b owns an item", T, || !bb.my_items("gen").is_empty()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(job.runs().is_empty(), "nothing ran while a was paused");
+    assert!(job.seen().is_empty(), "nothing ran while a was paused");
     gate.add_permits(2);
     failpoints::clear("after_claim", &scope);
-    eventually("both claimed fires ran", T, || job.runs().len() >= 2).await;
+    eventually("both claimed fires ran", T, || job.seen().len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let runs = job.runs();
+    let runs = job.seen();
     assert_eq!(
         runs.len(),
         2,
@@ -298,7 +222,7 @@ impl Registry for Stall {
 
 async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
     let env = Env::new(b).await;
-    let job = Slow::new(Duration::from_secs(3600));
+    let job = Recorder::new(Duration::from_secs(3600));
     let h = Arc::new(MemoryHistory::new());
     let stall = Arc::new(Stall {
         inner: env.connect().await,
@@ -309,11 +233,11 @@ async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
         stall.clone(),
         env.clock(),
         config("a"),
-        runner(&job, h.clone()),
+        runner("slow", &job, h.clone()),
     )
     .await
     .expect("a");
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"fence\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
     )
@@ -328,7 +252,7 @@ async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
         env.connect().await,
         env.clock(),
         config("b"),
-        runner(&job, h.clone()),
+        runner("slow", &job, h.clone()),
     )
     .await
     .expect("b");
@@ -338,7 +262,7 @@ async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
     .await;
     stall.stalled.store(true, Ordering::SeqCst);
     eventually("the stalled instance cancelled its run", T, || {
-        job.runs().iter().any(|r| r.cancelled)
+        job.seen().iter().any(|r| r.cancelled)
     })
     .await;
     let cancelled = std::time::Instant::now();
@@ -353,7 +277,7 @@ async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
         "fenced {:?} after the last acknowledged keep-alive, at or after the TTL",
         cancelled - last_ack
     );
-    let fenced_run = job.runs().into_iter().find(|r| r.cancelled).expect("run");
+    let fenced_run = job.seen().into_iter().find(|r| r.cancelled).expect("run");
     eventually("the fire is failed over to the other instance", T, || {
         other
             .id()
@@ -375,8 +299,95 @@ async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
     drop((a, other));
 }
 
+async fn a_delay_schedule_fires_after_each_completion(b: Backend) {
+    let env = Env::new(b).await;
+    create_job(
+        &env,
+        "[[job]]\nname = \"delayed\"\ndelay = \"500ms\"\nshards = 1\nkind = \"slow\"\n",
+    )
+    .await;
+    let job = Recorder::new(Duration::from_millis(200));
+    let h = Arc::new(MemoryHistory::new());
+    let a = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("a"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("a");
+    eventually("several runs", T, || job.seen().len() >= 4).await;
+    drop(a);
+    let runs = job.seen();
+    assert_no_overlap(&runs);
+    for w in runs.windows(2) {
+        let gap = w[1].fire - w[0].end;
+        assert!(
+            gap >= chrono::Duration::milliseconds(480)
+                && gap < chrono::Duration::milliseconds(1500),
+            "the next fire is 500 ms after the previous completion, got {gap}: {w:?}"
+        );
+        assert!(
+            w[1].start >= w[1].fire,
+            "a fire never starts before its instant"
+        );
+    }
+}
+
+async fn a_crash_after_the_run_and_before_the_release_re_runs_as_failover(b: Backend) {
+    let env = Env::new(b).await;
+    let scope = format!("rel{}-", std::process::id());
+    failpoints::set("before_release", &scope, Action::Hang);
+    let job = Recorder::new(Duration::from_millis(50));
+    let h = Arc::new(MemoryHistory::new());
+    let a = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config(&scope[..scope.len() - 1]),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("a");
+    create_job(
+        &env,
+        "[[job]]\nname = \"rel\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
+    )
+    .await;
+    eventually("the run finished (and hangs before its release)", T, || {
+        job.seen().len() == 1
+    })
+    .await;
+    let other = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("b");
+    drop(a); // crash between the end of the run and its release
+    eventually("the fire is re-run by failover", T, || {
+        job.seen().len() == 2
+    })
+    .await;
+    failpoints::clear("before_release", &scope);
+    let runs = job.seen();
+    assert_eq!(runs[0].fire, runs[1].fire, "the same fire");
+    assert_eq!(runs[0].source, ExecutionSource::Normal);
+    assert_eq!(
+        runs[1].source,
+        ExecutionSource::Failover,
+        "I2: the re-run is recorded as such"
+    );
+    assert!(runs[1].token > runs[0].token, "I4");
+    assert_no_overlap(&runs);
+    drop(other);
+}
+
 on_both_backends!(
     a_fire_that_finds_its_item_running_follows_the_policy,
     a_generation_change_between_claim_and_run_runs_the_fire_once,
     a_stalled_keep_alive_fences_before_the_lease_can_expire,
+    a_delay_schedule_fires_after_each_completion,
+    a_crash_after_the_run_and_before_the_release_re_runs_as_failover,
 );

@@ -11,101 +11,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{Backend, Env, config, eventually};
-use shardcron_core::job::JobFile;
+use common::{Backend, Env, Recorder, Seen, config, create_job, eventually, runner};
 use shardcron_core::{ExecutionSource, ExecutionStatus};
 use shardcron_registry::{
     DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, RegistryError,
     Result, Revision, Txn, TxnOp, TxnResponse, WatchStream,
 };
-use shardcron_runtime::{
-    Cluster, Handlers, HistorySink, Instance, JobContext, JobError, MemoryHistory, Runner,
-    SchedulerOptions, SimpleJob,
-};
+use shardcron_runtime::{Cluster, HistorySink, Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
 
 const T: Duration = Duration::from_secs(20);
 
-/// One execution as the job saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    job: String,
-    item: u32,
-    fire: DateTime<Utc>,
-    instance: String,
-    token: i64,
-    source: ExecutionSource,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    cancelled: bool,
-}
-
-/// A job that records every run and takes `work` to finish (cancellable).
-#[derive(Clone)]
-struct Witness {
-    log: Arc<Mutex<Vec<Seen>>>,
-    work: Duration,
-}
-
-#[async_trait::async_trait]
-impl SimpleJob for Witness {
-    async fn execute(&self, ctx: JobContext) -> std::result::Result<Option<String>, JobError> {
-        let start = Utc::now();
-        let cancelled = tokio::select! {
-            () = tokio::time::sleep(self.work) => false,
-            () = ctx.cancelled() => true,
-        };
-        let s = &ctx.sharding;
-        self.log.lock().expect("log").push(Seen {
-            job: s.job.clone(),
-            item: s.item,
-            fire: s.fire_time,
-            instance: s.instance.clone(),
-            token: s.token,
-            source: s.source,
-            start,
-            end: Utc::now(),
-            cancelled,
-        });
-        if cancelled {
-            return Err(JobError("stopped".into()));
-        }
-        Ok(Some(format!("item {} done", s.item)))
-    }
-}
-
-impl Witness {
-    fn new(work: Duration) -> Self {
-        Witness {
-            log: Arc::default(),
-            work,
-        }
-    }
-    fn seen(&self) -> Vec<Seen> {
-        self.log.lock().expect("log").clone()
-    }
-}
-
-fn runner(w: &Witness, history: Arc<dyn HistorySink>) -> Runner {
-    Runner {
-        handlers: Handlers::new().register("witness", w.clone()),
-        history,
-        options: SchedulerOptions::default(),
-    }
-}
-
-async fn start_runner(env: &Env, name: &str, w: &Witness, h: Arc<dyn HistorySink>) -> Instance {
-    Instance::start_with(env.connect().await, env.clock(), config(name), runner(w, h))
-        .await
-        .expect("instance starts")
-}
-
-async fn create(env: &Env, toml: &str) {
-    let spec = JobFile::from_toml(toml).expect("job").jobs.remove(0);
-    Cluster::new(env.connect().await, env.clock())
-        .create_job(&spec)
-        .await
-        .expect("create job");
+async fn start_runner(env: &Env, name: &str, w: &Recorder, h: Arc<dyn HistorySink>) -> Instance {
+    Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config(name),
+        runner("witness", w, h),
+    )
+    .await
+    .expect("instance starts")
 }
 
 /// I1 and I2 and I4 over a log: no two runs of an item overlap, no (item, fire) runs
@@ -154,12 +79,12 @@ fn statuses(h: &MemoryHistory) -> Vec<(String, ExecutionStatus)> {
 
 async fn every_fire_runs_once_across_racing_instances(b: Backend) {
     let env = Env::new(b).await;
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"tick\"\nevery = \"1s\"\nshards = 4\nkind = \"witness\"\n",
     )
     .await;
-    let w = Witness::new(Duration::from_millis(100));
+    let w = Recorder::new(Duration::from_millis(100));
     let h = Arc::new(MemoryHistory::new());
     let a = start_runner(&env, "a", &w, h.clone()).await;
     let bb = start_runner(&env, "b", &w, h.clone()).await;
@@ -203,11 +128,11 @@ async fn every_fire_runs_once_across_racing_instances(b: Backend) {
 
 async fn a_holder_killed_mid_run_is_failed_over_with_a_higher_token(b: Backend) {
     let env = Env::new(b).await;
-    let w = Witness::new(Duration::from_secs(3600));
+    let w = Recorder::new(Duration::from_secs(3600));
     let h = Arc::new(MemoryHistory::new());
     let a = start_runner(&env, "a", &w, h.clone()).await;
     let bb = start_runner(&env, "b", &w, h.clone()).await;
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"long\"\nevery = \"1h\"\nshards = 1\nkind = \"witness\"\n",
     )
@@ -262,10 +187,10 @@ async fn a_holder_killed_mid_run_is_failed_over_with_a_higher_token(b: Backend) 
 
 async fn failover_off_clears_the_run_and_records_it_lost(b: Backend) {
     let env = Env::new(b).await;
-    let w = Witness::new(Duration::from_secs(3600));
+    let w = Recorder::new(Duration::from_secs(3600));
     let h = Arc::new(MemoryHistory::new());
     let a = start_runner(&env, "a", &w, h.clone()).await;
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"nofo\"\nevery = \"1h\"\nshards = 1\nkind = \"witness\"\nfailover = false\n",
     )
@@ -301,11 +226,11 @@ async fn failover_off_clears_the_run_and_records_it_lost(b: Backend) {
 
 async fn a_manual_trigger_runs_once_per_item_and_cancel_stops_a_run(b: Backend) {
     let env = Env::new(b).await;
-    let w = Witness::new(Duration::from_millis(50));
+    let w = Recorder::new(Duration::from_millis(50));
     let h = Arc::new(MemoryHistory::new());
     let a = start_runner(&env, "a", &w, h.clone()).await;
     let bb = start_runner(&env, "b", &w, h.clone()).await;
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"manual\"\nmanual = true\nshards = 3\nkind = \"witness\"\n",
     )
@@ -328,12 +253,12 @@ async fn a_manual_trigger_runs_once_per_item_and_cancel_stops_a_run(b: Backend) 
     assert_eq!(items.len(), 3);
 
     // Cancel: a long run stops and ends CANCELLED.
-    let slow = Witness::new(Duration::from_secs(3600));
+    let slow = Recorder::new(Duration::from_secs(3600));
     let h2 = Arc::new(MemoryHistory::new());
     let c = start_runner(&env, "c", &slow, h2.clone()).await;
     drop(a);
     drop(bb);
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"slow\"\nmanual = true\nshards = 1\nkind = \"witness\"\n",
     )
@@ -380,8 +305,8 @@ async fn misfire_policies_after_a_whole_cluster_restart(b: Backend) {
         if policy == "catch_up" {
             toml.push_str("catch_up_max = 3\n");
         }
-        create(&env, &toml).await;
-        let w = Witness::new(Duration::from_millis(10));
+        create_job(&env, &toml).await;
+        let w = Recorder::new(Duration::from_millis(10));
         let h = Arc::new(MemoryHistory::new());
         let a = start_runner(&env, "a", &w, h.clone()).await;
         eventually("it runs", T, || w.seen().len() >= 2).await;
@@ -449,12 +374,12 @@ async fn misfire_policies_after_a_whole_cluster_restart(b: Backend) {
 
 async fn an_ambiguous_commit_is_adopted_not_claimed_twice(b: Backend) {
     let env = Env::new(b).await;
-    create(
+    create_job(
         &env,
         "[[job]]\nname = \"amb\"\nevery = \"1h\"\nshards = 1\nkind = \"witness\"\n",
     )
     .await;
-    let w = Witness::new(Duration::from_millis(50));
+    let w = Recorder::new(Duration::from_millis(50));
     let h = Arc::new(MemoryHistory::new());
     let lossy = Arc::new(LoseFirstClaimAnswer {
         inner: env.connect().await,
@@ -464,7 +389,7 @@ async fn an_ambiguous_commit_is_adopted_not_claimed_twice(b: Backend) {
         lossy.clone(),
         env.clock(),
         config("a"),
-        runner(&w, h.clone()),
+        runner("witness", &w, h.clone()),
     )
     .await
     .expect("start");

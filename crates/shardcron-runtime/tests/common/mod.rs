@@ -9,11 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use shardcron_core::ExecutionSource;
 use shardcron_core::clock::{SharedClock, SystemClock};
+use shardcron_core::job::JobFile;
 use shardcron_registry::{
     EtcdOptions, EtcdRegistry, MemoryRegistry, Registry, Txn, TxnOp, TxnResponse,
 };
-use shardcron_runtime::{Instance, InstanceConfig};
+use shardcron_runtime::{
+    Cluster, Handlers, HistorySink, Instance, InstanceConfig, JobContext, JobError, Runner,
+    SchedulerOptions, SimpleJob,
+};
 use shardcron_testkit::EtcdServer;
 
 /// Which registry a test runs on.
@@ -167,4 +173,84 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// One execution as the job saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub job: String,
+    pub item: u32,
+    pub fire: DateTime<Utc>,
+    pub instance: String,
+    pub token: i64,
+    pub source: ExecutionSource,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub cancelled: bool,
+}
+
+/// A job that records every run and takes `work` to finish; cancelled, it stops
+/// and fails.
+#[derive(Clone)]
+pub struct Recorder {
+    log: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    work: Duration,
+}
+
+impl Recorder {
+    pub fn new(work: Duration) -> Self {
+        Recorder {
+            log: Default::default(),
+            work,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl SimpleJob for Recorder {
+    async fn execute(&self, ctx: JobContext) -> std::result::Result<Option<String>, JobError> {
+        let start = Utc::now();
+        let cancelled = tokio::select! {
+            () = tokio::time::sleep(self.work) => false,
+            () = ctx.cancelled() => true,
+        };
+        let s = &ctx.sharding;
+        self.log.lock().expect("log").push(Seen {
+            job: s.job.clone(),
+            item: s.item,
+            fire: s.fire_time,
+            instance: s.instance.clone(),
+            token: s.token,
+            source: s.source,
+            start,
+            end: Utc::now(),
+            cancelled,
+        });
+        if cancelled {
+            return Err(JobError("stopped: cancelled".into()));
+        }
+        Ok(Some(format!("item {} done", s.item)))
+    }
+}
+
+/// Handlers with `job` registered as `kind`.
+pub fn runner(kind: &str, job: &Recorder, history: Arc<dyn HistorySink>) -> Runner {
+    Runner {
+        handlers: Handlers::new().register(kind, job.clone()),
+        history,
+        options: SchedulerOptions::default(),
+    }
+}
+
+/// Create the one job of a TOML snippet.
+pub async fn create_job(env: &Env, toml: &str) {
+    let spec = JobFile::from_toml(toml).expect("job").jobs.remove(0);
+    Cluster::new(env.connect().await, env.clock())
+        .create_job(&spec)
+        .await
+        .expect("create job");
 }
