@@ -170,6 +170,11 @@ pub struct LastFire {
     pub completed: Option<DateTime<Utc>>,
     /// When the item started being scheduled (fires before it are not due).
     pub since: DateTime<Utc>,
+    /// Set by the item's owner when it sees the item (or its job) disabled: fires
+    /// from then until it is enabled again are recorded SKIPPED (`disabled`), not
+    /// treated as missed.
+    #[serde(default)]
+    pub disabled_since: Option<DateTime<Utc>>,
 }
 
 /// `run/{job}/{item}`: the running execution of an item. Not bound to the holder's

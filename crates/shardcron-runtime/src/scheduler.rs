@@ -109,6 +109,10 @@ pub(crate) struct Scheduler {
     done_rx: mpsc::UnboundedReceiver<Done>,
     handled_triggers: HashSet<String>,
     horizon: Option<(i64, LeaseId)>,
+    /// Items we would own but that are disabled (job or item).
+    disabled: HashSet<(String, u32)>,
+    /// Disabled items whose `last` has yet to record since when.
+    mark_disabled: HashSet<(String, u32)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +169,8 @@ impl Scheduler {
             done_rx,
             handled_triggers: HashSet::new(),
             horizon: None,
+            disabled: HashSet::new(),
+            mark_disabled: HashSet::new(),
         }
     }
 
@@ -215,6 +221,7 @@ impl Scheduler {
                     self.reconcile();
                     dirty = false;
                 }
+                self.process_disabled().await;
                 self.process_due().await;
                 self.process_failovers().await;
                 self.process_requests().await;
@@ -284,6 +291,7 @@ impl Scheduler {
                 .collect()
         });
         let mut now_owned = HashSet::new();
+        let mut now_disabled = HashSet::new();
         for name in names {
             let Some((_, spec)) = self.job(&name) else {
                 continue;
@@ -291,15 +299,27 @@ impl Scheduler {
             if !self.can_run(&spec) {
                 continue;
             }
-            if let JobPlacement::Assigned(a) = self.shared.placement(&spec) {
+            // Where the items would run if enabled: their owner also notes when
+            // they are disabled, so that the gap is recorded as such.
+            let mut as_enabled = spec.clone();
+            as_enabled.enabled = true;
+            if let JobPlacement::Assigned(a) = self.shared.placement(&as_enabled) {
                 let disabled = self.shared.disabled_items(&name);
                 for item in a.get(&me).into_iter().flatten() {
-                    if !disabled.contains(item) {
+                    if spec.enabled && !disabled.contains(item) {
                         now_owned.insert((name.clone(), *item));
+                    } else {
+                        now_disabled.insert((name.clone(), *item));
                     }
                 }
             }
         }
+        for key in &now_disabled {
+            if !self.disabled.contains(key) {
+                self.mark_disabled.insert(key.clone());
+            }
+        }
+        self.disabled = now_disabled;
         for key in &now_owned {
             if !self.owned.contains(key) {
                 self.recheck.insert(key.clone());
@@ -311,6 +331,32 @@ impl Scheduler {
         self.owned = now_owned;
         self.jobs
             .retain(|name, _| self.owned.iter().any(|(j, _)| j == name));
+    }
+
+    /// Record in `last` since when newly disabled items are disabled.
+    async fn process_disabled(&mut self) {
+        let pending: Vec<(String, u32)> = self.mark_disabled.iter().cloned().collect();
+        for (job, item) in pending {
+            let now = self.shared.clock.wall();
+            let done = match self.read_last(&job, item, now).await {
+                Ok((last, _)) if last.disabled_since.is_some() => true,
+                Ok((last, rev)) => {
+                    let marked = LastFire {
+                        disabled_since: Some(now),
+                        // A never-fired item starts counting from now.
+                        fire: last.fire.or(Some(now)),
+                        ..last
+                    };
+                    self.advance_last(&job, item, rev, &marked)
+                        .await
+                        .unwrap_or(false)
+                }
+                Err(_) => false,
+            };
+            if done {
+                self.mark_disabled.remove(&(job, item));
+            }
+        }
     }
 
     /// Items whose run key just disappeared may have fires waiting.
@@ -371,6 +417,7 @@ impl Scheduler {
                     fire: None,
                     completed: None,
                     since,
+                    disabled_since: None,
                 },
                 0,
             )),
@@ -403,6 +450,36 @@ impl Scheduler {
             .and_then(|kv| parse_anchor(&kv.value))
             .unwrap_or(now);
         let (last, last_rev) = self.read_last(job, item, anchor).await?;
+        if last.disabled_since.is_some() {
+            // Enabled again: every fire of the disabled period is skipped, on record
+            // with its reason (not missed: nothing runs for it).
+            let d = match &spec.schedule {
+                Schedule::Manual | Schedule::Delay(_) => misfire::Decision::default(),
+                schedule => misfire::decide(
+                    schedule,
+                    anchor,
+                    last.fire,
+                    last.since,
+                    now,
+                    MisfirePolicy::Skip,
+                    self.opts.misfire_threshold,
+                ),
+            };
+            let mut cleared = LastFire {
+                disabled_since: None,
+                ..last.clone()
+            };
+            if let Some(range) = &d.skipped {
+                cleared.fire = Some(range.last);
+            }
+            if self.advance_last(job, item, last_rev, &cleared).await?
+                && let Some(range) = d.skipped
+            {
+                self.record_skip(&spec, item, &range, SkipReason::Disabled);
+            }
+            self.recheck.insert((job.to_string(), item));
+            return Ok(());
+        }
         let decision = match &spec.schedule {
             Schedule::Manual => return Ok(()),
             Schedule::Delay(d) => {
@@ -1175,6 +1252,7 @@ impl RunTask {
                         fire: None,
                         completed: None,
                         since: completed,
+                        disabled_since: None,
                     },
                     0,
                 ),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{Backend, Env, Recorder, Seen, config, create_job, eventually, runner};
+use shardcron_core::execution::SkipReason;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
 use shardcron_registry::{
     DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, RegistryError,
@@ -469,6 +470,82 @@ impl Registry for LoseFirstClaimAnswer {
     }
 }
 
+async fn fires_of_a_disabled_job_or_item_are_skipped_on_record_not_caught_up(b: Backend) {
+    let env = Env::new(b).await;
+    create_job(
+        &env,
+        "[[job]]\nname = \"pause\"\nevery = \"1s\"\nshards = 2\nkind = \"witness\"\nmisfire = \"catch_up\"\ncatch_up_max = 100\n",
+    )
+    .await;
+    let w = Recorder::new(Duration::from_millis(10));
+    let h = Arc::new(MemoryHistory::new());
+    let a = start_runner(&env, "a", &w, h.clone()).await;
+    let cluster = Cluster::new(env.connect().await, env.clock());
+    eventually("it runs", T, || w.seen().len() >= 2).await;
+    cluster
+        .set_job_enabled("pause", false)
+        .await
+        .expect("disable");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = w.seen().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.seen().len(), before, "nothing runs while disabled");
+    cluster
+        .set_job_enabled("pause", true)
+        .await
+        .expect("enable");
+    eventually("the disabled period is recorded", T, || {
+        h.events().iter().any(
+            |e| matches!(e, HistoryEvent::Record(r) if r.skip_reason == Some(SkipReason::Disabled)),
+        )
+    })
+    .await;
+    eventually("runs resume", T, || w.seen().len() >= before + 2).await;
+    let resumed: Vec<Seen> = w.seen().into_iter().skip(before).collect();
+    assert!(
+        resumed.iter().all(|s| s.source == ExecutionSource::Normal),
+        "no catch-up of the disabled period: {resumed:?}"
+    );
+    let disabled: u32 = h
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            HistoryEvent::Record(r) if r.skip_reason == Some(SkipReason::Disabled) => {
+                r.skipped_count
+            }
+            _ => None,
+        })
+        .sum();
+    assert!(
+        disabled >= 4,
+        "about 3 s x 2 items of fires recorded as disabled, got {disabled}"
+    );
+
+    // One item disabled: only that item stops, and its gap is recorded too.
+    cluster
+        .set_item_enabled("pause", 1, false)
+        .await
+        .expect("disable item");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let since = Utc::now() - chrono::Duration::milliseconds(1500);
+    let recent: Vec<Seen> = w.seen().into_iter().filter(|s| s.start > since).collect();
+    assert!(
+        recent.iter().all(|s| s.item == 0),
+        "item 1 does not run: {recent:?}"
+    );
+    assert!(recent.iter().any(|s| s.item == 0), "item 0 runs");
+    cluster
+        .set_item_enabled("pause", 1, true)
+        .await
+        .expect("enable item");
+    eventually("item 1's gap recorded", T, || {
+        h.events().iter().any(|e| matches!(e, HistoryEvent::Record(r) if r.item == 1 && r.skip_reason == Some(SkipReason::Disabled) && r.started_at > since))
+    })
+    .await;
+    check_invariants(&w.seen());
+    drop(a);
+}
+
 on_both_backends!(
     every_fire_runs_once_across_racing_instances,
     a_holder_killed_mid_run_is_failed_over_with_a_higher_token,
@@ -476,4 +553,5 @@ on_both_backends!(
     a_manual_trigger_runs_once_per_item_and_cancel_stops_a_run,
     misfire_policies_after_a_whole_cluster_restart,
     an_ambiguous_commit_is_adopted_not_claimed_twice,
+    fires_of_a_disabled_job_or_item_are_skipped_on_record_not_caught_up,
 );
