@@ -1211,6 +1211,7 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
     let mut runs_rx = shared.mirrors.runs.subscribe();
     let mut cache = SelectorCache::default();
     let mut dead_since = std::collections::HashMap::new();
+    let mut last_unplaced = tokio::time::Instant::now();
     loop {
         if shared.stopped() || !shared.may_act() {
             return;
@@ -1242,6 +1243,25 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
         }
         if let Err(e) = collect_garbage(shared).await {
             tracing::debug!(error = %e, "garbage collection failed");
+        }
+        if last_unplaced.elapsed() >= Duration::from_secs(1) {
+            last_unplaced = tokio::time::Instant::now();
+            if let Some(history) = shared.history.as_ref() {
+                let unplaced: Vec<JobSpec> = cache
+                    .by_key
+                    .values()
+                    .map(|(_, spec)| spec)
+                    .filter(|spec| shared.placement(spec) == JobPlacement::NoEligibleInstance)
+                    .cloned()
+                    .collect();
+                for spec in unplaced {
+                    if let Err(e) =
+                        crate::scheduler::skip_unplaced(shared, token, history, &spec).await
+                    {
+                        tracing::debug!(job = %spec.name, error = %e, "recording unplaced fires failed");
+                    }
+                }
+            }
         }
         tokio::select! {
             _ = stop.changed() => return,

@@ -1409,3 +1409,96 @@ pub(crate) async fn fail_over_dead_runs(
     dead_since.retain(|k, _| still_dead.contains(k));
     Ok(())
 }
+
+/// Leader duty: fires of a job that no live instance may run are recorded SKIPPED
+/// (`no_eligible_instance`) as they fall due, and the items' `last` advanced (with
+/// the leader token compared), so that an instance that becomes eligible later
+/// does not run them as missed.
+pub(crate) async fn skip_unplaced(
+    shared: &Arc<Shared>,
+    token: i64,
+    history: &Arc<dyn HistorySink>,
+    spec: &JobSpec,
+) -> crate::Result<()> {
+    if !spec.enabled || matches!(spec.schedule, Schedule::Manual | Schedule::Delay(_)) {
+        return Ok(());
+    }
+    let job = spec.name.as_str();
+    let now = shared.clock.wall();
+    let anchor = shared
+        .registry
+        .get(&keys::anchor(job))
+        .await?
+        .and_then(|kv| parse_anchor(&kv.value))
+        .unwrap_or(now);
+    for item in 0..spec.shards {
+        let key = keys::last(job, item);
+        let (last, rev) = match shared.registry.get(&key).await? {
+            Some(kv) => (decode::<LastFire>(&kv.key, &kv.value)?, kv.mod_revision),
+            None => (
+                LastFire {
+                    fire: None,
+                    completed: None,
+                    since: anchor,
+                    disabled_since: None,
+                },
+                0,
+            ),
+        };
+        // Every fire due now is skipped: nobody may run it.
+        let d = misfire::decide(
+            &spec.schedule,
+            anchor,
+            last.fire,
+            last.since,
+            now,
+            MisfirePolicy::Skip,
+            Duration::ZERO,
+        );
+        let Some(range) = d.skipped else { continue };
+        let advanced = LastFire {
+            fire: Some(range.last),
+            ..last
+        };
+        let resp = shared
+            .registry
+            .txn(
+                Txn::new()
+                    .when(Compare::new(
+                        keys::leader(),
+                        CompareOp::Equal,
+                        CompareTarget::CreateRevision(token),
+                    ))
+                    .when(Compare::new(
+                        key.clone(),
+                        CompareOp::Equal,
+                        CompareTarget::ModRevision(rev),
+                    ))
+                    .and_then(TxnOp::put(key, encode(&advanced))),
+            )
+            .await?;
+        if resp.succeeded {
+            history.record(HistoryEvent::Record(ExecutionRecord {
+                id: new_execution_id_at(now),
+                job: job.to_string(),
+                item,
+                total: spec.shards,
+                fire_time: range.first,
+                fire_time_end: (range.count > 1).then_some(range.last),
+                skipped_count: Some(u32::try_from(range.count).unwrap_or(u32::MAX)),
+                started_at: now,
+                ended_at: Some(now),
+                instance: String::new(),
+                host: String::new(),
+                source: ExecutionSource::Normal,
+                status: ExecutionStatus::Skipped,
+                skip_reason: Some(SkipReason::NoEligibleInstance),
+                attempt: 0,
+                token: 0,
+                cause: Some("no live instance matches the job's labels and kind".into()),
+                output: None,
+            }));
+        }
+    }
+    Ok(())
+}

@@ -546,6 +546,55 @@ async fn fires_of_a_disabled_job_or_item_are_skipped_on_record_not_caught_up(b: 
     drop(a);
 }
 
+async fn fires_without_an_eligible_instance_are_skipped_on_record(b: Backend) {
+    let env = Env::new(b).await;
+    let w = Recorder::new(Duration::from_millis(10));
+    let h = Arc::new(MemoryHistory::new());
+    let a = start_runner(&env, "a", &w, h.clone()).await;
+    create_job(
+        &env,
+        "[[job]]\nname = \"ap\"\nevery = \"1s\"\nshards = 1\nkind = \"witness\"\nlabels = { region = \"ap\" }\nmisfire = \"catch_up\"\ncatch_up_max = 100\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let no_eligible = || -> u32 {
+        h.events()
+            .iter()
+            .filter_map(|e| match e {
+                HistoryEvent::Record(r)
+                    if r.skip_reason == Some(SkipReason::NoEligibleInstance) =>
+                {
+                    r.skipped_count
+                }
+                _ => None,
+            })
+            .sum()
+    };
+    assert!(
+        no_eligible() >= 2,
+        "fires with no eligible instance are recorded: {}",
+        no_eligible()
+    );
+    assert!(w.seen().is_empty());
+    let mut cfg = config("ap1");
+    cfg.labels = std::collections::BTreeMap::from([("region".to_string(), "ap".to_string())]);
+    let ap = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        cfg,
+        runner("witness", &w, h.clone()),
+    )
+    .await
+    .expect("ap instance");
+    eventually("an eligible instance runs it", T, || w.seen().len() >= 2).await;
+    assert!(
+        w.seen().iter().all(|s| s.source == ExecutionSource::Normal),
+        "the skipped fires are not caught up: {:?}",
+        w.seen()
+    );
+    drop((a, ap));
+}
+
 on_both_backends!(
     every_fire_runs_once_across_racing_instances,
     a_holder_killed_mid_run_is_failed_over_with_a_higher_token,
@@ -554,4 +603,5 @@ on_both_backends!(
     misfire_policies_after_a_whole_cluster_restart,
     an_ambiguous_commit_is_adopted_not_claimed_twice,
     fires_of_a_disabled_job_or_item_are_skipped_on_record_not_caught_up,
+    fires_without_an_eligible_instance_are_skipped_on_record,
 );
