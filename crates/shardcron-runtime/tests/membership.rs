@@ -687,3 +687,40 @@ on_both_backends!(
     job_files_apply_as_create_if_absent,
     a_join_in_a_100k_job_namespace_writes_a_constant_number_of_keys,
 );
+
+/// SIGTERM (as `kill` or a service manager sends it) makes `run_until_shutdown`
+/// stop gracefully: the lease is revoked, so the instance key disappears at once
+/// instead of after the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_and_revokes_the_lease() {
+    let env = Env::new(Backend::Memory).await;
+    let mut cfg = config("term");
+    cfg.lease_ttl = Duration::from_secs(30);
+    let a = start(&env, cfg).await;
+    let id = a.id().expect("id");
+    let reg = env.connect().await;
+    assert!(
+        reg.get(format!("instances/{id}").as_bytes())
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let task = tokio::spawn(a.run_until_shutdown());
+    // Let the task install its signal handlers before the signal is sent (without
+    // them SIGTERM would end this test process, failing the test loudly).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM)
+        .expect("send SIGTERM to ourselves");
+    tokio::time::timeout(T, task)
+        .await
+        .expect("shut down within the bound")
+        .expect("task")
+        .expect("graceful shutdown");
+    assert!(
+        reg.get(format!("instances/{id}").as_bytes())
+            .await
+            .expect("get")
+            .is_none(),
+        "the lease was revoked (the TTL is 30 s)"
+    );
+}
