@@ -3129,3 +3129,86 @@ macro_rules! delegate_registry {
         }
     };
 }
+
+/// Hooks of an [`Intercept`] registry; every method defaults to plain delegation.
+/// For fault-injection tests: count writes, lose an answer, stall keep-alives.
+#[crate::__async_trait]
+pub trait Hooks: Send + Sync + fmt::Debug + 'static {
+    /// Called before a put or delete of `key` is passed on.
+    fn on_write(&self, key: &[u8]) {
+        let _ = key;
+    }
+
+    /// Sees every transaction and its outcome; may change the outcome (e.g. report
+    /// a committed transaction as failed, as a lost answer would).
+    fn after_txn(
+        &self,
+        txn: &Txn,
+        outcome: crate::Result<TxnResponse>,
+    ) -> crate::Result<TxnResponse> {
+        let _ = txn;
+        outcome
+    }
+
+    /// Performs a keep-alive (by default: passes it on).
+    async fn keep_alive(&self, inner: &dyn Registry, id: LeaseId) -> crate::Result<Duration> {
+        inner.lease_keep_alive(id).await
+    }
+}
+
+/// A registry that passes every call to `inner`, through `hooks`.
+#[derive(Debug)]
+pub struct Intercept<H: Hooks> {
+    /// The registry calls go to.
+    pub inner: Arc<dyn Registry>,
+    /// What is done on the way.
+    pub hooks: H,
+}
+
+#[crate::__async_trait]
+impl<H: Hooks> Registry for Intercept<H> {
+    async fn get(&self, key: &[u8]) -> crate::Result<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, req: RangeRequest) -> crate::Result<RangeResponse> {
+        self.inner.range(req).await
+    }
+    async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> crate::Result<Revision> {
+        self.hooks.on_write(key);
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &[u8]) -> crate::Result<DeleteResponse> {
+        self.hooks.on_write(key);
+        self.inner.delete(key).await
+    }
+    async fn txn(&self, txn: Txn) -> crate::Result<TxnResponse> {
+        let outcome = self.inner.txn(txn.clone()).await;
+        self.hooks.after_txn(&txn, outcome)
+    }
+    async fn lease_grant(&self, ttl: Duration) -> crate::Result<crate::Lease> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, id: LeaseId) -> crate::Result<Duration> {
+        self.hooks.keep_alive(self.inner.as_ref(), id).await
+    }
+    async fn lease_revoke(&self, id: LeaseId) -> crate::Result<()> {
+        self.inner.lease_revoke(id).await
+    }
+    async fn lease_time_to_live(&self, id: LeaseId) -> crate::Result<Option<Duration>> {
+        self.inner.lease_time_to_live(id).await
+    }
+    async fn watch(&self, prefix: &[u8], from_revision: Revision) -> crate::Result<WatchStream> {
+        self.inner.watch(prefix, from_revision).await
+    }
+    async fn compact(&self, revision: Revision) -> crate::Result<()> {
+        self.inner.compact(revision).await
+    }
+    async fn current_revision(&self) -> crate::Result<Revision> {
+        self.inner.current_revision().await
+    }
+}

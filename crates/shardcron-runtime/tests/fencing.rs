@@ -13,10 +13,8 @@ use chrono::{DateTime, Utc};
 use common::{Backend, Env, Recorder, Seen, config, create_job, eventually, runner};
 use shardcron_core::execution::SkipReason;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
-use shardcron_registry::{
-    DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, Result,
-    Revision, Txn, TxnResponse, WatchStream,
-};
+use shardcron_registry::conformance::{Hooks, Intercept};
+use shardcron_registry::{LeaseId, Registry, Result};
 use shardcron_runtime::failpoints::{self, Action};
 use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
@@ -163,60 +161,26 @@ async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend
     drop((a, bb));
 }
 
-/// Lets keep-alives through until stalled; records the time of the last one that
-/// was answered.
+/// Lets keep-alives through until stalled; records when the last answered one was
+/// sent.
 #[derive(Debug)]
 struct Stall {
-    inner: Arc<dyn Registry>,
     stalled: AtomicBool,
     last_ack: Mutex<Option<std::time::Instant>>,
 }
 
 #[async_trait::async_trait]
-impl Registry for Stall {
-    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.inner.range(req).await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete(key).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.inner.txn(txn).await
-    }
-    async fn lease_grant(&self, ttl: Duration) -> Result<Lease> {
-        self.inner.lease_grant(ttl).await
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration> {
+impl Hooks for Stall {
+    async fn keep_alive(&self, inner: &dyn Registry, id: LeaseId) -> Result<Duration> {
         if self.stalled.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
         let sent = std::time::Instant::now();
-        let r = self.inner.lease_keep_alive(id).await;
+        let r = inner.lease_keep_alive(id).await;
         if r.is_ok() {
             *self.last_ack.lock().expect("ack") = Some(sent);
         }
         r
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<Option<Duration>> {
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream> {
-        self.inner.watch(prefix, from).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<()> {
-        self.inner.compact(revision).await
-    }
-    async fn current_revision(&self) -> Result<Revision> {
-        self.inner.current_revision().await
     }
 }
 
@@ -224,10 +188,12 @@ async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
     let env = Env::new(b).await;
     let job = Recorder::new(Duration::from_secs(3600));
     let h = Arc::new(MemoryHistory::new());
-    let stall = Arc::new(Stall {
+    let stall = Arc::new(Intercept {
         inner: env.connect().await,
-        stalled: AtomicBool::new(false),
-        last_ack: Mutex::new(None),
+        hooks: Stall {
+            stalled: AtomicBool::new(false),
+            last_ack: Mutex::new(None),
+        },
     });
     let a = Instance::start_with(
         stall.clone(),
@@ -257,16 +223,17 @@ async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
     .await
     .expect("b");
     eventually("a keep-alive was acknowledged", T, || {
-        stall.last_ack.lock().expect("ack").is_some()
+        stall.hooks.last_ack.lock().expect("ack").is_some()
     })
     .await;
-    stall.stalled.store(true, Ordering::SeqCst);
+    stall.hooks.stalled.store(true, Ordering::SeqCst);
     eventually("the stalled instance cancelled its run", T, || {
         job.seen().iter().any(|r| r.cancelled)
     })
     .await;
     let cancelled = std::time::Instant::now();
     let last_ack = stall
+        .hooks
         .last_ack
         .lock()
         .expect("ack")

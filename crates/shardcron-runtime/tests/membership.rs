@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 use common::{Backend, Env, bulk_jobs, config, eventually, eventually_async, start};
 use shardcron_core::SkewedClock;
 use shardcron_core::job::{JobFile, JobSpec};
-use shardcron_registry::{
-    DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, Result,
-    Revision, Txn, TxnOp, TxnResponse, WatchStream,
-};
+use shardcron_registry::conformance::{Hooks, Intercept};
+use shardcron_registry::{Registry, Result, Txn, TxnOp, TxnResponse};
 use shardcron_runtime::{
     ApplyOutcome, Cluster, Error, Instance, InstanceEvent, JobPlacement, SkewStatus,
 };
@@ -533,13 +531,12 @@ async fn job_files_apply_as_create_if_absent(b: Backend) {
 
 /// Counts the keys written (puts and deletes that happened) through a registry.
 #[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Registry>,
+struct CountWrites {
     writes: Arc<AtomicU64>,
     job_writes: Arc<AtomicU64>,
 }
 
-impl Counting {
+impl CountWrites {
     fn count(&self, key: &[u8]) {
         self.writes.fetch_add(1, Ordering::SeqCst);
         if key.starts_with(b"jobs/") || key.starts_with(b"items/") || key.starts_with(b"anchors/") {
@@ -549,57 +546,27 @@ impl Counting {
 }
 
 #[async_trait::async_trait]
-impl Registry for Counting {
-    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.inner.range(req).await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
+impl Hooks for CountWrites {
+    fn on_write(&self, key: &[u8]) {
         self.count(key);
-        self.inner.put(key, value, lease).await
     }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.count(key);
-        self.inner.delete(key).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let resp = self.inner.txn(txn.clone()).await?;
-        let ops = if resp.succeeded {
-            &txn.then
-        } else {
-            &txn.otherwise
-        };
-        for op in ops {
-            match op {
-                TxnOp::Put { key, .. } | TxnOp::Delete { key } => self.count(key),
-                TxnOp::DeletePrefix { prefix } => self.count(prefix),
-                _ => {}
+
+    fn after_txn(&self, txn: &Txn, outcome: Result<TxnResponse>) -> Result<TxnResponse> {
+        if let Ok(resp) = &outcome {
+            let ops = if resp.succeeded {
+                &txn.then
+            } else {
+                &txn.otherwise
+            };
+            for op in ops {
+                match op {
+                    TxnOp::Put { key, .. } | TxnOp::Delete { key } => self.count(key),
+                    TxnOp::DeletePrefix { prefix } => self.count(prefix),
+                    _ => {}
+                }
             }
         }
-        Ok(resp)
-    }
-    async fn lease_grant(&self, ttl: Duration) -> Result<Lease> {
-        self.inner.lease_grant(ttl).await
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration> {
-        self.inner.lease_keep_alive(id).await
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<Option<Duration>> {
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream> {
-        self.inner.watch(prefix, from).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<()> {
-        self.inner.compact(revision).await
-    }
-    async fn current_revision(&self) -> Result<Revision> {
-        self.inner.current_revision().await
+        outcome
     }
 }
 
@@ -608,10 +575,12 @@ async fn a_join_in_a_100k_job_namespace_writes_a_constant_number_of_keys(b: Back
     let writes = Arc::new(AtomicU64::new(0));
     let job_writes = Arc::new(AtomicU64::new(0));
     let counted = |inner: Arc<dyn Registry>| -> Arc<dyn Registry> {
-        Arc::new(Counting {
+        Arc::new(Intercept {
             inner,
-            writes: writes.clone(),
-            job_writes: job_writes.clone(),
+            hooks: CountWrites {
+                writes: writes.clone(),
+                job_writes: job_writes.clone(),
+            },
         })
     };
     let reg = env.connect().await;

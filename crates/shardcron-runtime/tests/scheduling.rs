@@ -14,10 +14,8 @@ use chrono::{DateTime, Utc};
 use common::{Backend, Env, Recorder, Seen, config, create_job, eventually, runner};
 use shardcron_core::execution::SkipReason;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
-use shardcron_registry::{
-    DeleteResponse, KeyValue, Lease, LeaseId, RangeRequest, RangeResponse, Registry, RegistryError,
-    Result, Revision, Txn, TxnOp, TxnResponse, WatchStream,
-};
+use shardcron_registry::conformance::{Hooks, Intercept};
+use shardcron_registry::{RegistryError, Result, Txn, TxnOp, TxnResponse};
 use shardcron_runtime::{Cluster, HistorySink, Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
 
@@ -382,9 +380,11 @@ async fn an_ambiguous_commit_is_adopted_not_claimed_twice(b: Backend) {
     .await;
     let w = Recorder::new(Duration::from_millis(50));
     let h = Arc::new(MemoryHistory::new());
-    let lossy = Arc::new(LoseFirstClaimAnswer {
+    let lossy = Arc::new(Intercept {
         inner: env.connect().await,
-        lost: Mutex::new(false),
+        hooks: LoseFirstClaimAnswer {
+            lost: Mutex::new(false),
+        },
     });
     let a = Instance::start_with(
         lossy.clone(),
@@ -397,7 +397,7 @@ async fn an_ambiguous_commit_is_adopted_not_claimed_twice(b: Backend) {
     eventually("the fire ran", T, || !w.seen().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        *lossy.lost.lock().expect("flag"),
+        *lossy.hooks.lost.lock().expect("flag"),
         "the answer of the claim was lost"
     );
     let seen = w.seen();
@@ -410,63 +410,27 @@ async fn an_ambiguous_commit_is_adopted_not_claimed_twice(b: Backend) {
     drop(a);
 }
 
-/// Applies the first claim transaction, then reports it as failed: the answer was
-/// lost after the commit.
+/// Lets the first claim transaction commit, then reports it as failed: the answer
+/// was lost after the commit.
 #[derive(Debug)]
 struct LoseFirstClaimAnswer {
-    inner: Arc<dyn Registry>,
     lost: Mutex<bool>,
 }
 
-#[async_trait::async_trait]
-impl Registry for LoseFirstClaimAnswer {
-    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.inner.range(req).await
-    }
-    async fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse> {
-        self.inner.delete(key).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+impl Hooks for LoseFirstClaimAnswer {
+    fn after_txn(&self, txn: &Txn, outcome: Result<TxnResponse>) -> Result<TxnResponse> {
         let is_claim = txn
             .then
             .iter()
             .any(|op| matches!(op, TxnOp::Put { key, .. } if key.starts_with(b"run/")));
-        let resp = self.inner.txn(txn).await?;
-        if is_claim && resp.succeeded {
+        if is_claim && outcome.as_ref().is_ok_and(|r| r.succeeded) {
             let mut lost = self.lost.lock().expect("flag");
             if !*lost {
                 *lost = true;
                 return Err(RegistryError::Unavailable("answer lost (test)".into()));
             }
         }
-        Ok(resp)
-    }
-    async fn lease_grant(&self, ttl: Duration) -> Result<Lease> {
-        self.inner.lease_grant(ttl).await
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration> {
-        self.inner.lease_keep_alive(id).await
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> Result<()> {
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId) -> Result<Option<Duration>> {
-        self.inner.lease_time_to_live(id).await
-    }
-    async fn watch(&self, prefix: &[u8], from: Revision) -> Result<WatchStream> {
-        self.inner.watch(prefix, from).await
-    }
-    async fn compact(&self, revision: Revision) -> Result<()> {
-        self.inner.compact(revision).await
-    }
-    async fn current_revision(&self) -> Result<Revision> {
-        self.inner.current_revision().await
+        outcome
     }
 }
 
