@@ -144,6 +144,22 @@ impl Compare {
         }
     }
 
+    /// The key's mod revision equals `revision` (0: the key is absent): it has not
+    /// changed since it was read.
+    pub fn mod_revision_is(key: impl Into<Vec<u8>>, revision: Revision) -> Self {
+        Compare::new(key, CompareOp::Equal, CompareTarget::ModRevision(revision))
+    }
+
+    /// The key's create revision equals `revision` (0: the key is absent): it is
+    /// still the same incarnation of the key.
+    pub fn create_revision_is(key: impl Into<Vec<u8>>, revision: Revision) -> Self {
+        Compare::new(
+            key,
+            CompareOp::Equal,
+            CompareTarget::CreateRevision(revision),
+        )
+    }
+
     /// A compare with an explicit operator and target.
     pub fn new(key: impl Into<Vec<u8>>, op: CompareOp, target: CompareTarget) -> Self {
         Compare {

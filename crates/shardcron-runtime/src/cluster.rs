@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use shardcron_core::clock::SharedClock;
 use shardcron_core::job::JobSpec;
-use shardcron_registry::{Compare, CompareOp, CompareTarget, RangeRequest, Registry, Txn, TxnOp};
+use shardcron_registry::{Compare, RangeRequest, Registry, Txn, TxnOp};
 
 use crate::error::{Error, Result};
 use crate::keys;
@@ -139,7 +139,7 @@ impl Cluster {
     pub async fn update_job(&self, spec: &JobSpec, expected_revision: Option<i64>) -> Result<i64> {
         let key = keys::job(spec.name.as_str());
         let cmp = match expected_revision {
-            Some(r) => Compare::new(key.clone(), CompareOp::Equal, CompareTarget::ModRevision(r)),
+            Some(r) => Compare::mod_revision_is(key.clone(), r),
             None => Compare::exists(key.clone()),
         };
         let resp = self

@@ -20,9 +20,7 @@ use std::time::Duration;
 use shardcron_core::clock::SharedClock;
 use shardcron_core::job::{JobKind, JobSpec};
 use shardcron_core::sharding::ShardingInstance;
-use shardcron_registry::{
-    Compare, CompareOp, CompareTarget, Lease, LeaseEvent, LeaseKeeper, Registry, Txn, TxnOp,
-};
+use shardcron_registry::{Compare, Lease, LeaseEvent, LeaseKeeper, Registry, Txn, TxnOp};
 use tokio::sync::{broadcast, watch};
 
 use crate::cluster::decode_job;
@@ -1027,11 +1025,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             .registry
             .txn(
                 Txn::new()
-                    .when(Compare::new(
-                        key.clone(),
-                        CompareOp::Equal,
-                        CompareTarget::CreateRevision(s.reg_rev),
-                    ))
+                    .when(Compare::create_revision_is(key.clone(), s.reg_rev))
                     .and_then(TxnOp::put_with_lease(key, encode(&info), s.lease.id)),
             )
             .await;
@@ -1407,16 +1401,8 @@ async fn publish_generation(
         .registry
         .txn(
             Txn::new()
-                .when(Compare::new(
-                    keys::leader(),
-                    CompareOp::Equal,
-                    CompareTarget::CreateRevision(token),
-                ))
-                .when(Compare::new(
-                    keys::generation(),
-                    CompareOp::Equal,
-                    CompareTarget::ModRevision(gen_rev),
-                ))
+                .when(Compare::create_revision_is(keys::leader(), token))
+                .when(Compare::mod_revision_is(keys::generation(), gen_rev))
                 .and_then(TxnOp::put(keys::generation(), encode(&next)))
                 .or_else(TxnOp::get(keys::leader())),
         )

@@ -28,7 +28,7 @@ use shardcron_core::job::{JobKind, JobSpec, MisfirePolicy};
 use shardcron_core::schedule::Schedule;
 use shardcron_core::{ExecutionRecord, ExecutionSource, ExecutionStatus, ShardingContext};
 use shardcron_registry::{
-    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, OpResponse, RegistryError, Txn, TxnOp,
+    Compare, KeyValue, LeaseId, OpResponse, Registry, RegistryError, Txn, TxnOp,
 };
 use shardcron_store::{ExecutionUpdate, HistoryEvent, new_execution_id_at};
 use tokio::sync::{mpsc, watch};
@@ -131,6 +131,28 @@ fn first_get(resp: &[OpResponse], index: usize) -> Option<KeyValue> {
     match resp.get(index) {
         Some(OpResponse::Get { kvs }) => kvs.first().cloned(),
         _ => None,
+    }
+}
+
+/// An item's `last` state and its mod revision (0 when absent: a new item, due
+/// from `since`).
+async fn read_last(
+    registry: &dyn Registry,
+    job: &str,
+    item: u32,
+    since: DateTime<Utc>,
+) -> crate::Result<(LastFire, i64)> {
+    match registry.get(&keys::last(job, item)).await? {
+        Some(kv) => Ok((decode::<LastFire>(&kv.key, &kv.value)?, kv.mod_revision)),
+        None => Ok((
+            LastFire {
+                fire: None,
+                completed: None,
+                since,
+                disabled_since: None,
+            },
+            0,
+        )),
     }
 }
 
@@ -338,7 +360,7 @@ impl Scheduler {
         let pending: Vec<(String, u32)> = self.mark_disabled.iter().cloned().collect();
         for (job, item) in pending {
             let now = self.shared.clock.wall();
-            let done = match self.read_last(&job, item, now).await {
+            let done = match read_last(self.shared.registry.as_ref(), &job, item, now).await {
                 Ok((last, _)) if last.disabled_since.is_some() => true,
                 Ok((last, rev)) => {
                     let marked = LastFire {
@@ -404,26 +426,6 @@ impl Scheduler {
         self.timers.insert((at, job.to_string(), item));
     }
 
-    async fn read_last(
-        &self,
-        job: &str,
-        item: u32,
-        since: DateTime<Utc>,
-    ) -> Result<(LastFire, i64), crate::Error> {
-        match self.shared.registry.get(&keys::last(job, item)).await? {
-            Some(kv) => Ok((decode::<LastFire>(&kv.key, &kv.value)?, kv.mod_revision)),
-            None => Ok((
-                LastFire {
-                    fire: None,
-                    completed: None,
-                    since,
-                    disabled_since: None,
-                },
-                0,
-            )),
-        }
-    }
-
     /// Look at one owned item: claim what is due, record what is skipped, and set
     /// its next timer.
     async fn evaluate(&mut self, job: &str, item: u32) -> crate::Result<()> {
@@ -449,7 +451,7 @@ impl Scheduler {
             .await?
             .and_then(|kv| parse_anchor(&kv.value))
             .unwrap_or(now);
-        let (last, last_rev) = self.read_last(job, item, anchor).await?;
+        let (last, last_rev) = read_last(self.shared.registry.as_ref(), job, item, anchor).await?;
         if last.disabled_since.is_some() {
             // Enabled again: every fire of the disabled period is skipped, on record
             // with its reason (not missed: nothing runs for it).
@@ -592,6 +594,16 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The revision of the generation our view of ownership comes from; claims and
+    /// takeovers compare it, so nobody acts on a stale view.
+    fn generation_revision(&self) -> i64 {
+        self.shared
+            .mirrors()
+            .generation
+            .get(&keys::generation())
+            .map_or(0, |kv| kv.mod_revision)
+    }
+
     /// Compare-and-set the item's `last` state.
     async fn advance_last(
         &self,
@@ -609,16 +621,8 @@ impl Scheduler {
             .registry
             .txn(
                 Txn::new()
-                    .when(Compare::new(
-                        keys::instance(&me),
-                        CompareOp::Equal,
-                        CompareTarget::CreateRevision(reg_rev),
-                    ))
-                    .when(Compare::new(
-                        key.clone(),
-                        CompareOp::Equal,
-                        CompareTarget::ModRevision(last_rev),
-                    ))
+                    .when(Compare::create_revision_is(keys::instance(&me), reg_rev))
+                    .when(Compare::mod_revision_is(key.clone(), last_rev))
                     .and_then(TxnOp::put(key, encode(new_last))),
             )
             .await?;
@@ -686,12 +690,7 @@ impl Scheduler {
             return Ok(Claim::Fenced);
         };
         let job = spec.name.as_str();
-        let gen_rev = self
-            .shared
-            .mirrors()
-            .generation
-            .get(&keys::generation())
-            .map_or(0, |kv| kv.mod_revision);
+        let gen_rev = self.generation_revision();
         let horizon = self.horizon_lease().await?;
         let now = self.shared.clock.wall();
         let execution = new_execution_id_at(now);
@@ -709,21 +708,9 @@ impl Scheduler {
         let run_key = keys::run(job, item);
         let fire_key = keys::fire(job, item, fire);
         let mut txn = Txn::new()
-            .when(Compare::new(
-                keys::instance(&me),
-                CompareOp::Equal,
-                CompareTarget::CreateRevision(reg_rev),
-            ))
-            .when(Compare::new(
-                keys::generation(),
-                CompareOp::Equal,
-                CompareTarget::ModRevision(gen_rev),
-            ))
-            .when(Compare::new(
-                keys::job(job),
-                CompareOp::Equal,
-                CompareTarget::ModRevision(job_rev),
-            ))
+            .when(Compare::create_revision_is(keys::instance(&me), reg_rev))
+            .when(Compare::mod_revision_is(keys::generation(), gen_rev))
+            .when(Compare::mod_revision_is(keys::job(job), job_rev))
             .when(Compare::absent(fire_key.clone()))
             .when(Compare::absent(run_key.clone()))
             .and_then(TxnOp::put_with_lease(
@@ -741,11 +728,7 @@ impl Scheduler {
         if let Some((last_rev, new_last)) = last {
             let last_key = keys::last(job, item);
             txn = txn
-                .when(Compare::new(
-                    last_key.clone(),
-                    CompareOp::Equal,
-                    CompareTarget::ModRevision(last_rev),
-                ))
+                .when(Compare::mod_revision_is(last_key.clone(), last_rev))
                 .and_then(TxnOp::put(last_key, encode(new_last)));
         }
         let resp = match self.shared.registry.txn(txn).await {
@@ -945,12 +928,7 @@ impl Scheduler {
         let Some((_, spec)) = self.job(job) else {
             return Ok(());
         };
-        let gen_rev = self
-            .shared
-            .mirrors()
-            .generation
-            .get(&keys::generation())
-            .map_or(0, |kv| kv.mod_revision);
+        let gen_rev = self.generation_revision();
         let now = self.shared.clock.wall();
         let execution = new_execution_id_at(now);
         let run = RunRecord {
@@ -968,25 +946,12 @@ impl Scheduler {
             .registry
             .txn(
                 Txn::new()
-                    .when(Compare::new(
-                        keys::instance(&me),
-                        CompareOp::Equal,
-                        CompareTarget::CreateRevision(reg_rev),
-                    ))
-                    .when(Compare::new(
-                        keys::generation(),
-                        CompareOp::Equal,
-                        CompareTarget::ModRevision(gen_rev),
-                    ))
-                    .when(Compare::new(
-                        fo_key.clone(),
-                        CompareOp::Equal,
-                        CompareTarget::ModRevision(entry_rev),
-                    ))
-                    .when(Compare::new(
+                    .when(Compare::create_revision_is(keys::instance(&me), reg_rev))
+                    .when(Compare::mod_revision_is(keys::generation(), gen_rev))
+                    .when(Compare::mod_revision_is(fo_key.clone(), entry_rev))
+                    .when(Compare::mod_revision_is(
                         run_key.clone(),
-                        CompareOp::Equal,
-                        CompareTarget::ModRevision(entry.run_revision),
+                        entry.run_revision,
                     ))
                     .and_then(TxnOp::put(run_key, encode(&run)))
                     .and_then(TxnOp::delete(fo_key)),
@@ -1244,19 +1209,8 @@ impl RunTask {
         let run_key = keys::run(&ctx.job, ctx.item);
         let last_key = keys::last(&ctx.job, ctx.item);
         for _ in 0..20 {
-            let last = self.shared.registry.get(&last_key).await?;
-            let (mut state, last_rev) = match &last {
-                Some(kv) => (decode::<LastFire>(&kv.key, &kv.value)?, kv.mod_revision),
-                None => (
-                    LastFire {
-                        fire: None,
-                        completed: None,
-                        since: completed,
-                        disabled_since: None,
-                    },
-                    0,
-                ),
-            };
+            let (mut state, last_rev) =
+                read_last(self.shared.registry.as_ref(), &ctx.job, ctx.item, completed).await?;
             if ctx.source != ExecutionSource::Manual {
                 state.completed = Some(completed);
             }
@@ -1265,16 +1219,8 @@ impl RunTask {
                 .registry
                 .txn(
                     Txn::new()
-                        .when(Compare::new(
-                            run_key.clone(),
-                            CompareOp::Equal,
-                            CompareTarget::ModRevision(ctx.token),
-                        ))
-                        .when(Compare::new(
-                            last_key.clone(),
-                            CompareOp::Equal,
-                            CompareTarget::ModRevision(last_rev),
-                        ))
+                        .when(Compare::mod_revision_is(run_key.clone(), ctx.token))
+                        .when(Compare::mod_revision_is(last_key.clone(), last_rev))
                         .and_then(TxnOp::delete(run_key.clone()))
                         .and_then(TxnOp::put(last_key.clone(), encode(&state)))
                         .or_else(TxnOp::get(run_key.clone())),
@@ -1336,21 +1282,9 @@ pub(crate) async fn fail_over_dead_runs(
             .and_then(|j| decode_job(&j.key, &j.value).ok())
             .is_none_or(|spec| spec.failover);
         let mut txn = Txn::new()
-            .when(Compare::new(
-                keys::leader(),
-                CompareOp::Equal,
-                CompareTarget::CreateRevision(token),
-            ))
-            .when(Compare::new(
-                kv.key.clone(),
-                CompareOp::Equal,
-                CompareTarget::ModRevision(kv.mod_revision),
-            ))
-            .when(Compare::new(
-                keys::instance(&run.holder),
-                CompareOp::Equal,
-                CompareTarget::CreateRevision(0),
-            ));
+            .when(Compare::create_revision_is(keys::leader(), token))
+            .when(Compare::mod_revision_is(kv.key.clone(), kv.mod_revision))
+            .when(Compare::create_revision_is(keys::instance(&run.holder), 0));
         txn = if failover {
             txn.and_then(TxnOp::put(
                 keys::failover(&job, item),
@@ -1433,18 +1367,7 @@ pub(crate) async fn skip_unplaced(
         .unwrap_or(now);
     for item in 0..spec.shards {
         let key = keys::last(job, item);
-        let (last, rev) = match shared.registry.get(&key).await? {
-            Some(kv) => (decode::<LastFire>(&kv.key, &kv.value)?, kv.mod_revision),
-            None => (
-                LastFire {
-                    fire: None,
-                    completed: None,
-                    since: anchor,
-                    disabled_since: None,
-                },
-                0,
-            ),
-        };
+        let (last, rev) = read_last(shared.registry.as_ref(), job, item, anchor).await?;
         // Every fire due now is skipped: nobody may run it.
         let d = misfire::decide(
             &spec.schedule,
@@ -1464,16 +1387,8 @@ pub(crate) async fn skip_unplaced(
             .registry
             .txn(
                 Txn::new()
-                    .when(Compare::new(
-                        keys::leader(),
-                        CompareOp::Equal,
-                        CompareTarget::CreateRevision(token),
-                    ))
-                    .when(Compare::new(
-                        key.clone(),
-                        CompareOp::Equal,
-                        CompareTarget::ModRevision(rev),
-                    ))
+                    .when(Compare::create_revision_is(keys::leader(), token))
+                    .when(Compare::mod_revision_is(key.clone(), rev))
                     .and_then(TxnOp::put(key, encode(&advanced))),
             )
             .await?;
