@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use shardcron_core::ShardingContext;
+use shardcron_core::job::{JobKind, JobSpec};
 use shardcron_store::{HistoryEvent, HistoryWriter};
 use tokio::sync::watch;
 
@@ -42,12 +43,23 @@ impl<E: std::error::Error> From<E> for JobError {
 pub struct JobContext {
     /// Job, item, fire time, token, source, attempt...
     pub sharding: ShardingContext,
+    /// The job as it was stored when the fire was claimed (kind fields, timeout...).
+    pub spec: Arc<JobSpec>,
     cancel: watch::Receiver<bool>,
 }
 
 impl JobContext {
-    pub(crate) fn new(sharding: ShardingContext, cancel: watch::Receiver<bool>) -> Self {
-        JobContext { sharding, cancel }
+    /// A context for one run of `spec`; the run stops when `cancel` turns true.
+    pub fn new(
+        sharding: ShardingContext,
+        spec: Arc<JobSpec>,
+        cancel: watch::Receiver<bool>,
+    ) -> Self {
+        JobContext {
+            sharding,
+            spec,
+            cancel,
+        }
     }
 
     /// Whether the run has been asked to stop.
@@ -92,9 +104,15 @@ impl Handlers {
         self
     }
 
-    /// The handler for a kind.
+    /// The handler registered under a name.
     pub fn get(&self, name: &str) -> Option<Arc<dyn SimpleJob>> {
         self.map.get(name).cloned()
+    }
+
+    /// The handler that runs jobs of `kind`: built-in kinds are registered under
+    /// their kind name (`script`, `http`), Rust handlers under theirs.
+    pub fn for_kind(&self, kind: &JobKind) -> Option<Arc<dyn SimpleJob>> {
+        self.get(kind_name(kind))
     }
 
     /// Registered names.
@@ -144,5 +162,14 @@ impl HistorySink for MemoryHistory {
             Ok(mut g) => g.push(event),
             Err(p) => p.into_inner().push(event),
         }
+    }
+}
+
+/// The capability an instance needs to run jobs of `kind`.
+pub fn kind_name(kind: &JobKind) -> &str {
+    match kind {
+        JobKind::Script { .. } => "script",
+        JobKind::Http => "http",
+        JobKind::Handler(h) => h.as_str(),
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use shardcron_core::clock::SharedClock;
-use shardcron_core::job::{JobKind, JobSpec};
+use shardcron_core::job::JobSpec;
 use shardcron_core::sharding::ShardingInstance;
 use shardcron_registry::{Compare, Lease, LeaseEvent, LeaseKeeper, Registry, Txn, TxnOp};
 use tokio::sync::{broadcast, watch};
@@ -796,11 +796,7 @@ async fn graceful_stop(shared: &Arc<Shared>) -> Result<()> {
 /// The selector of a job: which members may run it (its kind and its labels).
 /// Jobs with equal selectors share one slot order in the generation.
 pub fn selector(spec: &JobSpec) -> String {
-    let kind = match &spec.kind {
-        JobKind::Script { .. } => "script",
-        JobKind::Http => "http",
-        JobKind::Handler(h) => h.as_str(),
-    };
+    let kind = crate::execute::kind_name(&spec.kind);
     let labels: Vec<String> = spec
         .labels
         .iter()
@@ -858,11 +854,7 @@ fn next_order(prev: Option<&Vec<String>>, eligible_in_join_order: &[&str]) -> Ve
 /// can run the job's kind.
 fn eligible(spec: &JobSpec, m: &Member) -> bool {
     let labels_ok = spec.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v));
-    let kind = match &spec.kind {
-        JobKind::Script { .. } => "script",
-        JobKind::Http => "http",
-        JobKind::Handler(h) => h.as_str(),
-    };
+    let kind = crate::execute::kind_name(&spec.kind);
     labels_ok && m.capabilities.iter().any(|c| c == kind)
 }
 

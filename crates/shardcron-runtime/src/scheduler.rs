@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shardcron_core::execution::SkipReason;
-use shardcron_core::job::{JobKind, JobSpec, MisfirePolicy};
+use shardcron_core::job::{JobSpec, MisfirePolicy};
 use shardcron_core::schedule::Schedule;
 use shardcron_core::{ExecutionRecord, ExecutionSource, ExecutionStatus, ShardingContext};
 use shardcron_registry::{
@@ -296,7 +296,7 @@ impl Scheduler {
     }
 
     fn can_run(&self, spec: &JobSpec) -> bool {
-        matches!(&spec.kind, JobKind::Handler(h) if self.handlers.get(h).is_some())
+        self.handlers.for_kind(&spec.kind).is_some()
     }
 
     /// Recompute which items we own; new ones are looked at now.
@@ -823,10 +823,7 @@ impl Scheduler {
         let Some((me, _)) = self.shared.current_session() else {
             return;
         };
-        let JobKind::Handler(h) = &spec.kind else {
-            return;
-        };
-        let Some(handler) = self.handlers.get(h) else {
+        let Some(handler) = self.handlers.for_kind(&spec.kind) else {
             return;
         };
         let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -862,7 +859,8 @@ impl Scheduler {
             done: self.done_tx.clone(),
             timeout: spec.timeout,
         };
-        let handle = tokio::spawn(task.run(handler, sharding, cancel_rx, reason));
+        let spec = Arc::new(spec.clone());
+        let handle = tokio::spawn(task.run(handler, spec, sharding, cancel_rx, reason));
         if let Some(r) = lock(&self.running).get_mut(&execution) {
             r.task = Some(handle.abort_handle());
         }
@@ -1103,6 +1101,7 @@ impl RunTask {
     async fn run(
         self,
         handler: Arc<dyn crate::execute::SimpleJob>,
+        spec: Arc<JobSpec>,
         ctx: ShardingContext,
         cancel: watch::Receiver<bool>,
         reason: Arc<Mutex<Option<(ExecutionStatus, String)>>>,
@@ -1129,10 +1128,10 @@ impl RunTask {
             cause: None,
             output: None,
         }));
-        let job_ctx = JobContext::new(ctx.clone(), cancel.clone());
+        let job_ctx = JobContext::new(ctx.clone(), spec.clone(), cancel.clone());
         let cancel_flag = cancel.clone();
         let cancelled = {
-            let c = JobContext::new(ctx.clone(), cancel);
+            let c = JobContext::new(ctx.clone(), spec, cancel);
             async move { c.cancelled().await }
         };
         let timeout = async {
