@@ -250,7 +250,7 @@ pub(crate) struct Shared {
     /// The weight announced in heartbeats (changeable live).
     weight: AtomicU32,
     /// Wakes the heartbeat loop early (after a weight change).
-    heartbeat_now: tokio::sync::Notify,
+    pub(crate) heartbeat_now: tokio::sync::Notify,
     session_changed: watch::Sender<u64>,
     /// Where execution records go (the scheduler's, and the leader's LOST records).
     history: Option<Arc<dyn HistorySink>>,
@@ -559,6 +559,14 @@ impl Instance {
     /// gracefully (revoking the lease, so the others react at once). This is what
     /// `shardcron agent` and embedding applications call from `main`.
     pub async fn run_until_shutdown(self) -> Result<()> {
+        let waited = self.wait_for_shutdown_signal().await;
+        let stopped = self.shutdown().await;
+        waited.and(stopped)
+    }
+
+    /// Wait for SIGTERM, Ctrl-C (SIGINT) or a shutdown request, without stopping:
+    /// for callers that stop other things first and then call [`Instance::shutdown`].
+    pub async fn wait_for_shutdown_signal(&self) -> Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::Invalid(format!("cannot listen for SIGTERM: {e}")))?;
         tokio::select! {
@@ -571,7 +579,7 @@ impl Instance {
             }
             () = self.shutdown_requested() => {}
         }
-        self.shutdown().await
+        Ok(())
     }
 
     /// Whether the instance has stopped (after a shutdown request or a shutdown).
@@ -715,6 +723,7 @@ impl Shared {
             &me,
             leader.as_deref(),
             self.clock.mono(),
+            self.clock.wall(),
             self.config.heartbeat_interval * 3,
             self.config.max_clock_skew,
         )
@@ -733,6 +742,7 @@ impl Shared {
             version: env!("CARGO_PKG_VERSION").to_string(),
             heartbeat: now,
             started: now,
+            clock_skewed: matches!(self.skew_status(), SkewStatus::TooFar { .. }),
         }
     }
 
@@ -1287,7 +1297,9 @@ fn next_members(shared: &Shared, prev: Option<&Generation>) -> Vec<Member> {
                     .ok()
                     .map(|i| (i, kv.create_revision))
             })
-            .filter(|(i, _)| !disabled.contains(&i.name))
+            // Disabled instances, and instances whose clock is too far off to
+            // fire, get no items.
+            .filter(|(i, _)| !disabled.contains(&i.name) && !i.clock_skewed)
             .collect()
     });
     // New instances join at the end, in registration order.

@@ -60,6 +60,11 @@ pub struct InstanceInfo {
     pub heartbeat: DateTime<Utc>,
     /// When this identity registered.
     pub started: DateTime<Utc>,
+    /// Its clock-skew guard refuses to fire (its clock is off the cluster's by
+    /// more than the bound): the leader leaves it out of generations, so its
+    /// items move to instances that can fire them. Absent in older values.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_skewed: bool,
 }
 
 /// `leader`: the elected leader, bound to its lease. The key's create revision is

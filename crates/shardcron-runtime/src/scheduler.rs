@@ -438,6 +438,8 @@ impl Scheduler {
         let skew = self.shared.skew_status();
         if !skew.allows_firing() {
             tracing::warn!(job, item, %skew, "not firing");
+            // Publish the verdict now: the leader moves our items elsewhere.
+            self.shared.heartbeat_now.notify_one();
             let retry = self.shared.clock.wall() + chrono::Duration::milliseconds(500);
             self.schedule_at(job, item, retry);
             return Ok(());
@@ -1178,6 +1180,27 @@ impl RunTask {
             .current_session()
             .is_none_or(|(id, _)| id != ctx.instance);
         let end = self.shared.clock.wall();
+        let summary = format!(
+            "job={} item={} fire={} source={} attempt={} token={} status={} took={}ms{}",
+            ctx.job,
+            ctx.item,
+            ctx.fire_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ctx.source,
+            ctx.attempt,
+            ctx.token,
+            status,
+            (end - start).num_milliseconds(),
+            cause
+                .as_deref()
+                .map(|c| format!(" cause={:?}", c.lines().next().unwrap_or_default()))
+                .unwrap_or_default()
+        );
+        if status == ExecutionStatus::Succeeded {
+            tracing::info!("execution finished: {summary}");
+        } else {
+            tracing::warn!("execution finished: {summary}");
+        }
         self.history.record(HistoryEvent::Update(ExecutionUpdate {
             id: ctx.execution_id.clone(),
             status,

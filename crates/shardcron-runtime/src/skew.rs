@@ -20,8 +20,21 @@ use shardcron_core::MonoTime;
 struct Observation {
     /// Their wall time minus ours, in milliseconds, when their heartbeat arrived.
     offset_ms: i64,
-    /// When (our monotonic time) it was observed.
+    /// Our wall time then.
+    wall: DateTime<Utc>,
+    /// Our monotonic time then.
     at: MonoTime,
+}
+
+impl Observation {
+    /// Their offset now: the observed one, corrected by how far our wall clock
+    /// has moved away from our monotonic clock since (a jump of our own clock
+    /// shows at once, without waiting for their next heartbeat).
+    fn offset_now(&self, now: MonoTime, wall: DateTime<Utc>) -> i64 {
+        let elapsed = chrono::Duration::from_std(now.duration_since(self.at)).unwrap_or_default();
+        let drift = (wall - (self.wall + elapsed)).num_milliseconds();
+        self.offset_ms - drift
+    }
 }
 
 /// The guard's verdict.
@@ -89,6 +102,7 @@ impl SkewGuard {
             id.to_string(),
             Observation {
                 offset_ms: (heartbeat - now).num_milliseconds(),
+                wall: now,
                 at,
             },
         );
@@ -101,14 +115,17 @@ impl SkewGuard {
     }
 
     /// The verdict. `others` are the live instances other than us, `leader` the
-    /// leader's id (None if unknown, Some(ours) if we lead); observations older
-    /// than `max_age` are ignored.
+    /// leader's id (None if unknown, Some(ours) if we lead); `now` and `wall` are
+    /// our monotonic and wall clocks now; observations older than `max_age` are
+    /// ignored.
+    #[allow(clippy::too_many_arguments)]
     pub fn status(
         &self,
         others: &[String],
         me: &str,
         leader: Option<&str>,
         now: MonoTime,
+        wall: DateTime<Utc>,
         max_age: Duration,
         bound: Duration,
     ) -> SkewStatus {
@@ -120,7 +137,7 @@ impl SkewGuard {
             self.seen
                 .get(id)
                 .filter(|o| now.duration_since(o.at) <= max_age)
-                .map(|o| o.offset_ms)
+                .map(|o| o.offset_now(now, wall))
         };
         let offset = if others.len() < 2 {
             match leader {
@@ -163,13 +180,14 @@ mod tests {
         let at = MonoTime::ZERO;
         // We are 300 s ahead: the others' heartbeats look 300 s old.
         g.observe("b", t(0), t(300), at);
-        g.observe("c", t(1), t(301), at);
+        g.observe("c", t(0), t(300), at);
         let others = vec!["b".to_string(), "c".to_string()];
         let s = g.status(
             &others,
             "a",
             Some("b"),
             at,
+            t(300),
             Duration::from_secs(10),
             Duration::from_secs(2),
         );
@@ -195,6 +213,7 @@ mod tests {
             "a",
             None,
             at,
+            t(0),
             Duration::from_secs(10),
             Duration::from_secs(2),
         );
@@ -212,6 +231,7 @@ mod tests {
             "a",
             Some("lead"),
             MonoTime::ZERO,
+            t(-300),
             Duration::from_secs(10),
             bound,
         );
@@ -228,6 +248,7 @@ mod tests {
             "a",
             Some("a"),
             MonoTime::ZERO,
+            t(-300),
             Duration::from_secs(10),
             bound,
         );
@@ -238,9 +259,40 @@ mod tests {
             "a",
             Some("lead"),
             later,
+            t(-240),
             Duration::from_secs(10),
             bound,
         );
         assert_eq!(s, SkewStatus::Unknown);
+    }
+
+    #[test]
+    fn a_jump_of_our_own_clock_shows_before_the_next_heartbeat() {
+        let mut g = SkewGuard::default();
+        g.observe("b", t(0), t(0), MonoTime::ZERO);
+        g.observe("c", t(0), t(0), MonoTime::ZERO);
+        let others = vec!["b".to_string(), "c".to_string()];
+        let one_s = MonoTime::from_duration(Duration::from_secs(1));
+        let status = |wall| {
+            g.status(
+                &others,
+                "a",
+                Some("b"),
+                one_s,
+                wall,
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            )
+        };
+        // One second later by both clocks: fine.
+        assert_eq!(status(t(1)), SkewStatus::Ok { skew_ms: 0 });
+        // Our wall clock jumped 5 minutes ahead within that second.
+        assert_eq!(
+            status(t(301)),
+            SkewStatus::TooFar {
+                skew_ms: 300_000,
+                bound_ms: 2000
+            }
+        );
     }
 }

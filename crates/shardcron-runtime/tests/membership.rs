@@ -433,6 +433,13 @@ async fn the_skew_guard_refuses_an_instance_whose_clock_is_off(b: Backend) {
         a.skew().allows_firing() && bb.skew().allows_firing(),
         "the others are fine"
     );
+    let c_id = c.id().expect("c is registered");
+    eventually(
+        "the leader leaves the skewed instance out of the generation (its items move)",
+        T,
+        || !members(&a).contains(&c_id) && members(&a).len() == 2,
+    )
+    .await;
     skewed.set_skew(chrono::Duration::minutes(-5));
     eventually(
         "behind is refused too",
@@ -443,6 +450,10 @@ async fn the_skew_guard_refuses_an_instance_whose_clock_is_off(b: Backend) {
     skewed.set_skew(chrono::Duration::zero());
     eventually("corrected clock fires again", T, || {
         c.skew().allows_firing()
+    })
+    .await;
+    eventually("and is back in the generation", T, || {
+        members(&a).contains(&c_id)
     })
     .await;
     let msg = SkewStatus::TooFar {

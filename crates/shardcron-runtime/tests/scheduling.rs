@@ -559,7 +559,91 @@ async fn fires_without_an_eligible_instance_are_skipped_on_record(b: Backend) {
     drop((a, ap));
 }
 
+/// An instance whose clock jumps 5 minutes ahead refuses to fire; the leader
+/// leaves it out of the generation, so its items move and every fire still runs
+/// once, on time, elsewhere; none of the skewed clock's future fires runs.
+async fn a_skewed_instance_hands_its_items_over_and_no_fire_is_lost(b: Backend) {
+    let env = Env::new(b).await;
+    create_job(
+        &env,
+        "[[job]]\nname = \"tick\"\nevery = \"1s\"\nshards = 6\nkind = \"witness\"\n",
+    )
+    .await;
+    let w = Recorder::new(Duration::from_millis(50));
+    let h = Arc::new(MemoryHistory::new());
+    let a = start_runner(&env, "a", &w, h.clone()).await;
+    let bb = start_runner(&env, "b", &w, h.clone()).await;
+    let skewed = shardcron_core::SkewedClock::new();
+    let c = Instance::start_with(
+        env.connect().await,
+        Arc::new(skewed.clone()),
+        config("c"),
+        runner("witness", &w, h.clone()),
+    )
+    .await
+    .expect("c starts");
+    let c_id = c.id().expect("c registered");
+    eventually("c runs items", T, || {
+        w.seen().iter().any(|s| s.instance == c_id)
+    })
+    .await;
+    skewed.set_skew(chrono::Duration::minutes(5));
+    let in_generation = |i: &Instance| {
+        i.generation()
+            .is_some_and(|g| g.members.iter().any(|m| m.id == c_id))
+    };
+    eventually("c is left out of the generation", T, || !in_generation(&a)).await;
+    // Let the handover settle, then watch a window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let to = Utc::now() - chrono::Duration::milliseconds(500);
+    let seen = w.seen();
+    check_invariants(&seen);
+    assert!(
+        seen.iter()
+            .all(|s| s.fire <= s.start + chrono::Duration::seconds(1)),
+        "no fire of the future (the skewed clock's) ran: {:?}",
+        seen.iter().filter(|s| s.fire > s.start).collect::<Vec<_>>()
+    );
+    for item in 0..6 {
+        let fires: Vec<DateTime<Utc>> = {
+            let mut f: Vec<_> = seen
+                .iter()
+                .filter(|s| s.item == item && s.fire >= from && s.fire <= to)
+                .map(|s| s.fire)
+                .collect();
+            f.sort();
+            f
+        };
+        assert!(
+            fires.len() >= 3,
+            "item {item} ran {} times in the window",
+            fires.len()
+        );
+        for p in fires.windows(2) {
+            assert_eq!(
+                (p[1] - p[0]).num_milliseconds(),
+                1000,
+                "item {item} lost a fire between {} and {}",
+                p[0],
+                p[1]
+            );
+        }
+    }
+    assert!(
+        seen.iter()
+            .filter(|s| s.start >= from)
+            .all(|s| s.instance != c_id),
+        "the skewed instance ran nothing after its items moved"
+    );
+    skewed.set_skew(chrono::Duration::zero());
+    eventually("c is back once its clock is right", T, || in_generation(&a)).await;
+    drop((a, bb, c));
+}
+
 on_both_backends!(
+    a_skewed_instance_hands_its_items_over_and_no_fire_is_lost,
     every_fire_runs_once_across_racing_instances,
     a_holder_killed_mid_run_is_failed_over_with_a_higher_token,
     failover_off_clears_the_run_and_records_it_lost,
