@@ -115,7 +115,9 @@ impl Cluster {
     pub async fn create_job(&self, spec: &JobSpec) -> Result<i64> {
         let key = keys::job(spec.name.as_str());
         let anchor = keys::anchor(spec.name.as_str());
-        let now = self.clock.wall().to_rfc3339();
+        // `every` fires at anchor + k * period: a whole-second anchor gives fire
+        // times people can read (10:00:05, not 10:00:05.830308145).
+        let now = chrono::SubsecRound::trunc_subsecs(self.clock.wall(), 0).to_rfc3339();
         let resp = self
             .registry
             .txn(

@@ -3,6 +3,61 @@
 //!
 //! Points: `after_claim` (a claim has committed, the run has not started) and
 //! `before_release` (the run has ended, its run key is not yet released).
+//!
+//! Removal switches ([`Mechanism`], feature `failpoints` only): a test removes one
+//! coordination mechanism and checks that its scenario then reports a violation,
+//! which shows that the scenario really depends on that mechanism.
+
+/// A coordination mechanism that a test can remove (see [`remove`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// The claim's "run key absent" compare (one run at a time per item, I1).
+    RunKeyCheck,
+    /// The claim/takeover/release compare on the instance's registration.
+    RegistrationCompare,
+    /// Self-fencing: stopping claims and cancelling runs when the lease is not
+    /// trusted any more.
+    SelfFence,
+}
+
+impl Mechanism {
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    fn bit(self) -> u8 {
+        match self {
+            Mechanism::RunKeyCheck => 1,
+            Mechanism::RegistrationCompare => 2,
+            Mechanism::SelfFence => 4,
+        }
+    }
+}
+
+#[cfg(feature = "failpoints")]
+static REMOVED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Remove a mechanism for the whole process (tests only).
+#[cfg(feature = "failpoints")]
+pub fn remove(m: Mechanism) {
+    REMOVED.fetch_or(m.bit(), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Put a removed mechanism back.
+#[cfg(feature = "failpoints")]
+pub fn restore(m: Mechanism) {
+    REMOVED.fetch_and(!m.bit(), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether a test removed `m`.
+#[cfg(feature = "failpoints")]
+pub(crate) fn removed(m: Mechanism) -> bool {
+    REMOVED.load(std::sync::atomic::Ordering::SeqCst) & m.bit() != 0
+}
+
+/// Without the feature, nothing is ever removed.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub(crate) fn removed(_m: Mechanism) -> bool {
+    false
+}
 
 #[cfg(feature = "failpoints")]
 mod enabled {

@@ -748,6 +748,14 @@ impl Shared {
 
     /// Stop acting on the current identity (idempotent per identity).
     fn fence(&self, id: &str, reason: &str) {
+        if crate::failpoints::removed(crate::failpoints::Mechanism::SelfFence) {
+            tracing::warn!(
+                instance = id,
+                reason,
+                "self-fencing is removed (test switch): carrying on"
+            );
+            return;
+        }
         let current = read(&self.session).as_ref().map(|s| s.id.clone());
         if current.as_deref() != Some(id) {
             return;

@@ -622,8 +622,7 @@ impl Scheduler {
             .shared
             .registry
             .txn(
-                Txn::new()
-                    .when(Compare::create_revision_is(keys::instance(&me), reg_rev))
+                when_registered(Txn::new(), &me, reg_rev)
                     .when(Compare::mod_revision_is(key.clone(), last_rev))
                     .and_then(TxnOp::put(key, encode(new_last))),
             )
@@ -709,12 +708,10 @@ impl Scheduler {
         };
         let run_key = keys::run(job, item);
         let fire_key = keys::fire(job, item, fire);
-        let mut txn = Txn::new()
-            .when(Compare::create_revision_is(keys::instance(&me), reg_rev))
+        let mut txn = when_registered(Txn::new(), &me, reg_rev)
             .when(Compare::mod_revision_is(keys::generation(), gen_rev))
             .when(Compare::mod_revision_is(keys::job(job), job_rev))
             .when(Compare::absent(fire_key.clone()))
-            .when(Compare::absent(run_key.clone()))
             .and_then(TxnOp::put_with_lease(
                 fire_key.clone(),
                 encode(&FireClaim {
@@ -727,6 +724,9 @@ impl Scheduler {
             .or_else(TxnOp::get(run_key.clone()))
             .or_else(TxnOp::get(keys::instance(&me)))
             .or_else(TxnOp::get(fire_key.clone()));
+        if !failpoints::removed(failpoints::Mechanism::RunKeyCheck) {
+            txn = txn.when(Compare::absent(run_key.clone()));
+        }
         if let Some((last_rev, new_last)) = last {
             let last_key = keys::last(job, item);
             txn = txn
@@ -945,8 +945,7 @@ impl Scheduler {
             .shared
             .registry
             .txn(
-                Txn::new()
-                    .when(Compare::create_revision_is(keys::instance(&me), reg_rev))
+                when_registered(Txn::new(), &me, reg_rev)
                     .when(Compare::mod_revision_is(keys::generation(), gen_rev))
                     .when(Compare::mod_revision_is(fo_key.clone(), entry_rev))
                     .when(Compare::mod_revision_is(
@@ -1438,4 +1437,13 @@ pub(crate) async fn skip_unplaced(
         }
     }
     Ok(())
+}
+
+/// Compare the instance's registration (its key's create revision): a claim,
+/// takeover or release must prove that its instance is still registered.
+fn when_registered(txn: Txn, me: &str, reg_rev: i64) -> Txn {
+    if failpoints::removed(failpoints::Mechanism::RegistrationCompare) {
+        return txn;
+    }
+    txn.when(Compare::create_revision_is(keys::instance(me), reg_rev))
 }

@@ -5,16 +5,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{Backend, Env, Recorder, Seen, config, create_job, eventually, runner};
+use common::{Backend, Env, Recorder, Seen, Stall, config, create_job, eventually, runner};
 use shardcron_core::execution::SkipReason;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
-use shardcron_registry::conformance::{Hooks, Intercept};
-use shardcron_registry::{LeaseId, Registry, Result};
+use shardcron_registry::conformance::Intercept;
 use shardcron_runtime::failpoints::{self, Action};
 use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
@@ -161,39 +160,13 @@ async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend
     drop((a, bb));
 }
 
-/// Lets keep-alives through until stalled; records when the last answered one was
-/// sent.
-#[derive(Debug)]
-struct Stall {
-    stalled: AtomicBool,
-    last_ack: Mutex<Option<std::time::Instant>>,
-}
-
-#[async_trait::async_trait]
-impl Hooks for Stall {
-    async fn keep_alive(&self, inner: &dyn Registry, id: LeaseId) -> Result<Duration> {
-        if self.stalled.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        let sent = std::time::Instant::now();
-        let r = inner.lease_keep_alive(id).await;
-        if r.is_ok() {
-            *self.last_ack.lock().expect("ack") = Some(sent);
-        }
-        r
-    }
-}
-
 async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
     let env = Env::new(b).await;
     let job = Recorder::new(Duration::from_secs(3600));
     let h = Arc::new(MemoryHistory::new());
     let stall = Arc::new(Intercept {
         inner: env.connect().await,
-        hooks: Stall {
-            stalled: AtomicBool::new(false),
-            last_ack: Mutex::new(None),
-        },
+        hooks: Stall::default(),
     });
     let a = Instance::start_with(
         stall.clone(),

@@ -551,9 +551,35 @@ async fn fires_without_an_eligible_instance_are_skipped_on_record(b: Backend) {
     .await
     .expect("ap instance");
     eventually("an eligible instance runs it", T, || w.seen().len() >= 2).await;
+    // A fire recorded as skipped never runs, although the policy is catch_up. (A
+    // fire that fell due in the last second before ap1 joined may not have been
+    // recorded by the leader yet; ap1 then runs it late, which is allowed.)
+    let skipped: Vec<(DateTime<Utc>, DateTime<Utc>)> = h
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            HistoryEvent::Record(r) if r.skip_reason == Some(SkipReason::NoEligibleInstance) => {
+                Some((r.fire_time, r.fire_time_end.unwrap_or(r.fire_time)))
+            }
+            _ => None,
+        })
+        .collect();
+    for run in w.seen() {
+        assert!(
+            !skipped
+                .iter()
+                .any(|(a, b)| run.fire >= *a && run.fire <= *b),
+            "a fire recorded as skipped ran: {run:?}, skipped {skipped:?}"
+        );
+    }
+    let late = w
+        .seen()
+        .iter()
+        .filter(|s| s.source != ExecutionSource::Normal)
+        .count();
     assert!(
-        w.seen().iter().all(|s| s.source == ExecutionSource::Normal),
-        "the skipped fires are not caught up: {:?}",
+        late <= 2,
+        "at most the fires of the last second run late: {:?}",
         w.seen()
     );
     drop((a, ap));

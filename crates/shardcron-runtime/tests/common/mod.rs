@@ -254,3 +254,30 @@ pub async fn create_job(env: &Env, toml: &str) {
         .await
         .expect("create job");
 }
+
+/// Lets keep-alives through until stalled; records when the last answered one was
+/// sent.
+#[derive(Debug, Default)]
+pub struct Stall {
+    pub stalled: std::sync::atomic::AtomicBool,
+    pub last_ack: std::sync::Mutex<Option<Instant>>,
+}
+
+#[async_trait::async_trait]
+impl shardcron_registry::conformance::Hooks for Stall {
+    async fn keep_alive(
+        &self,
+        inner: &dyn Registry,
+        id: shardcron_registry::LeaseId,
+    ) -> shardcron_registry::Result<Duration> {
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let sent = Instant::now();
+        let r = inner.lease_keep_alive(id).await;
+        if r.is_ok() {
+            *self.last_ack.lock().expect("ack") = Some(sent);
+        }
+        r
+    }
+}

@@ -1,0 +1,174 @@
+//! Each mechanism is needed: a scenario that holds with every mechanism in place
+//! reports a violation when a test switch removes one of them (failpoints
+//! feature). The run-key check is what keeps a new owner from starting an item
+//! whose previous run still goes on (I1); self-fencing is what stops a holder whose
+//! keep-alives stalled before its fire is failed over (I1).
+//!
+//! The switches are process-wide: the tests of this file take a lock, so that they
+//! also hold under `cargo test`, which runs them as threads of one process.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::{Backend, Env, Recorder, Seen, Stall, config, create_job, eventually, runner};
+use shardcron_core::ExecutionSource;
+use shardcron_registry::conformance::Intercept;
+use shardcron_runtime::failpoints::{self, Mechanism};
+use shardcron_runtime::{Instance, MemoryHistory};
+use shardcron_store::HistoryEvent;
+
+const T: Duration = Duration::from_secs(20);
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pairs of runs of one item that overlap in time (I1 violations).
+fn overlaps(runs: &[Seen]) -> Vec<(Seen, Seen)> {
+    let mut runs = runs.to_vec();
+    runs.sort_by_key(|r| (r.job.clone(), r.item, r.start));
+    runs.windows(2)
+        .filter(|w| w[0].job == w[1].job && w[0].item == w[1].item && w[1].start < w[0].end)
+        .map(|w| (w[0].clone(), w[1].clone()))
+        .collect()
+}
+
+/// One instance runs both items of a job whose runs outlast the period; a second
+/// joins and gets one item while its run is still going.
+async fn join_while_running() -> Vec<(Seen, Seen)> {
+    let env = Env::new(Backend::Memory).await;
+    create_job(
+        &env,
+        "[[job]]\nname = \"long\"\nevery = \"1s\"\nshards = 2\nkind = \"slow\"\nmisfire = \"fire_once\"\n",
+    )
+    .await;
+    let w = Recorder::new(Duration::from_millis(2500));
+    let h = Arc::new(MemoryHistory::new());
+    let a = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("a"),
+        runner("slow", &w, h.clone()),
+    )
+    .await
+    .expect("a");
+    // Both items are running on a (their run keys exist).
+    let reg = env.connect().await;
+    common::eventually_async("a runs both items", T, || {
+        let reg = reg.clone();
+        async move {
+            reg.get(b"run/long/0").await.expect("get").is_some()
+                && reg.get(b"run/long/1").await.expect("get").is_some()
+        }
+    })
+    .await;
+    let b = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner("slow", &w, h.clone()),
+    )
+    .await
+    .expect("b");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = w.seen();
+    assert!(seen.len() >= 4, "the job ran: {seen:?}");
+    overlaps(&seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_run_key_check_a_new_owner_overlaps_the_running_holder() {
+    let _g = serial();
+    let with = join_while_running().await;
+    assert!(
+        with.is_empty(),
+        "with the run-key check: no overlap, got {with:?}"
+    );
+    failpoints::remove(Mechanism::RunKeyCheck);
+    let without = join_while_running().await;
+    failpoints::restore(Mechanism::RunKeyCheck);
+    assert!(
+        !without.is_empty(),
+        "without the run-key check the new owner must start while the old run goes on"
+    );
+}
+
+/// A holder whose keep-alives stall keeps its (long) run; its lease expires and
+/// the fire is failed over. Returns whether the holder's run was still going when
+/// the failover run started.
+async fn stalled_holder_still_running_at_failover() -> bool {
+    let env = Env::new(Backend::Memory).await;
+    let job = Recorder::new(Duration::from_secs(3600));
+    let h = Arc::new(MemoryHistory::new());
+    let stall = Arc::new(Intercept {
+        inner: env.connect().await,
+        hooks: Stall::default(),
+    });
+    let a = Instance::start_with(
+        stall.clone(),
+        env.clock(),
+        config("a"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("a");
+    create_job(
+        &env,
+        "[[job]]\nname = \"fence\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
+    )
+    .await;
+    let reg = env.connect().await;
+    common::eventually_async("the run started", T, || {
+        let reg = reg.clone();
+        async move { reg.get(b"run/fence/0").await.expect("get").is_some() }
+    })
+    .await;
+    let other = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("b");
+    eventually("a keep-alive was acknowledged", T, || {
+        stall.hooks.last_ack.lock().expect("ack").is_some()
+    })
+    .await;
+    stall.hooks.stalled.store(true, Ordering::SeqCst);
+    eventually("the fire is failed over", T, || {
+        h.events()
+            .iter()
+            .any(|e| matches!(e, HistoryEvent::Record(r) if r.source == ExecutionSource::Failover))
+    })
+    .await;
+    // The holder's run has ended (it was cancelled) only if it fenced itself.
+    let holder_still_running = !job
+        .seen()
+        .iter()
+        .any(|r| r.source == ExecutionSource::Normal);
+    drop((a, other));
+    holder_still_running
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_self_fencing_a_stalled_holder_overlaps_its_failover() {
+    let _g = serial();
+    assert!(
+        !stalled_holder_still_running_at_failover().await,
+        "with self-fencing the holder stops before the failover"
+    );
+    failpoints::remove(Mechanism::SelfFence);
+    let overlapped = stalled_holder_still_running_at_failover().await;
+    failpoints::restore(Mechanism::SelfFence);
+    assert!(
+        overlapped,
+        "without self-fencing the holder's run goes on during the failover run"
+    );
+}
