@@ -12,24 +12,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/shardcron-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-log() { printf '\n==> %s\n' "$*"; }
-
-need_cmd() { command -v "$1" >/dev/null 2>&1; }
+. scripts/lib.sh
 
 # System packages the tests start for real: etcd (the registry), protoc (etcd-client's
 # build), MariaDB (history store tests). PostgreSQL 15 comes with the machine.
-apt_updated=0
-ensure_pkg() { # ensure_pkg COMMAND PACKAGE
-  if ! need_cmd "$1" && [ ! -x "/usr/bin/$1" ] && [ ! -x "/usr/sbin/$1" ]; then
-    if [ "$apt_updated" = 0 ]; then
-      log "apt-get update"
-      apt-get update -qq
-      apt_updated=1
-    fi
-    log "installing $2"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-  fi
-}
 ensure_pkg etcd etcd-server
 ensure_pkg protoc protobuf-compiler
 ensure_pkg mariadbd mariadb-server

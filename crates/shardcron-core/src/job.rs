@@ -207,7 +207,10 @@ const JOB_FIELDS: &[&str] = &[
 ];
 const RETRY_FIELDS: &[&str] = &["max", "initial", "max_delay"];
 const MISFIRE_FIELDS: &[&str] = &["policy", "max"];
-const FILE_FIELDS: &[&str] = &["job"];
+/// Top-level keys of a job file. `settings` and `scripts` belong to the `shardcron`
+/// binary's configuration (a config file is a job file with those two tables); the
+/// job reader skips them and the binary validates them.
+const FILE_FIELDS: &[&str] = &["job", "settings", "scripts"];
 
 /// A validated job name: 1-128 characters of ASCII letters, digits, `.`, `_`, `-`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -880,7 +883,7 @@ fn read_file(root: &Table, problems: &mut Vec<Problem>) -> Vec<JobSpec> {
                 job: None,
                 field: key.clone(),
                 message: format!(
-                    "unknown top-level key (a job file holds only [[job]] tables{hint})"
+                    "unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables{hint})"
                 ),
             });
         }
@@ -1999,11 +2002,11 @@ mod tests {
         );
         assert_eq!(
             one_problem(&format!("colour = 1\n{}", job(""))),
-            "colour: unknown top-level key (a job file holds only [[job]] tables)"
+            "colour: unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables)"
         );
         assert_eq!(
             one_problem(&format!("{}[[jobs]]\nname = \"y\"\n", job(""))),
-            r#"jobs: unknown top-level key (a job file holds only [[job]] tables; did you mean "job"?)"#
+            r#"jobs: unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables; did you mean "job"?)"#
         );
         assert_eq!(
             one_problem("[job]\nname = \"x\"\n"),
@@ -2407,7 +2410,7 @@ mod tests {
             JobFile::from_json(r#"{"job": [{"name": "a", "every": "1s", "kind": "h"}, {"name": "a", "every": "1s", "kind": "h"}], "x": 1}"#)
                 .unwrap_err()
                 .to_string(),
-            "x: unknown top-level key (a job file holds only [[job]] tables)\njob \"a\": name: duplicate job name (also job #1)"
+            "x: unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables)\njob \"a\": name: duplicate job name (also job #1)"
         );
         assert_eq!(
             JobFile::from_json("[]").unwrap_err().to_string(),

@@ -20,6 +20,7 @@ pub mod mirror;
 pub mod misfire;
 pub mod model;
 pub mod scheduler;
+pub mod script;
 pub mod skew;
 
 pub use cluster::{ApplyOutcome, Cluster, StoredJob};
@@ -27,4 +28,5 @@ pub use error::{Error, Result};
 pub use execute::{Handlers, HistorySink, JobContext, JobError, MemoryHistory, SimpleJob};
 pub use instance::{Instance, InstanceConfig, InstanceEvent, JobPlacement, Runner};
 pub use scheduler::SchedulerOptions;
+pub use script::{ScriptJob, ScriptOptions, Supervisor};
 pub use skew::SkewStatus;

@@ -9,8 +9,8 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{Backend, Env, Recorder, Seen, Stall, config, create_job, eventually, runner};
@@ -19,12 +19,13 @@ use shardcron_registry::conformance::Intercept;
 use shardcron_runtime::failpoints::{self, Mechanism};
 use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
+use tokio::sync::{Mutex, MutexGuard};
 
 const T: Duration = Duration::from_secs(20);
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+async fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Pairs of runs of one item that overlap in time (I1 violations).
@@ -84,7 +85,7 @@ async fn join_while_running() -> Vec<(Seen, Seen)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_run_key_check_a_new_owner_overlaps_the_running_holder() {
-    let _g = serial();
+    let _g = serial().await;
     let with = join_while_running().await;
     assert!(
         with.is_empty(),
@@ -159,7 +160,7 @@ async fn stalled_holder_still_running_at_failover() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_self_fencing_a_stalled_holder_overlaps_its_failover() {
-    let _g = serial();
+    let _g = serial().await;
     assert!(
         !stalled_holder_still_running_at_failover().await,
         "with self-fencing the holder stops before the failover"

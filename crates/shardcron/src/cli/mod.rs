@@ -2,7 +2,11 @@
 //! 2 bad usage or invalid input (the message names the field), 1 other failures.
 
 mod cron;
+mod history;
+mod http;
 mod job;
+mod node;
+mod settings;
 mod shard;
 
 use std::fmt;
@@ -56,10 +60,23 @@ enum Command {
     /// Job file tools.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Everything in one process: embedded registry and SQLite history under
+    /// --data, jobs from --config.
+    Standalone(node::StandaloneArgs),
+    /// One instance of a cluster that coordinates through etcd.
+    Agent(node::AgentArgs),
+    /// Read executions from the history database.
+    History(history::HistoryArgs),
 }
 
 /// Parse the command line, run the command, and turn the outcome into an exit code.
 pub(crate) fn main() -> ExitCode {
+    // The script supervisor takes its arguments verbatim (no clap: the command
+    // line after `--` belongs to the script), and starts fast.
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|a| a == "__supervise") {
+        return shardcron_runtime::script::supervise_main(raw.collect());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -73,6 +90,9 @@ pub(crate) fn main() -> ExitCode {
         Command::Cron(c) => cron::run(c),
         Command::Shard(c) => shard::run(c),
         Command::Job(c) => job::run(c),
+        Command::Standalone(a) => node::standalone(a),
+        Command::Agent(a) => node::agent(a),
+        Command::History(a) => history::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
