@@ -116,8 +116,14 @@ impl Cluster {
         let key = keys::job(spec.name.as_str());
         let anchor = keys::anchor(spec.name.as_str());
         // `every` fires at anchor + k * period: a whole-second anchor gives fire
-        // times people can read (10:00:05, not 10:00:05.830308145).
-        let now = chrono::SubsecRound::trunc_subsecs(self.clock.wall(), 0).to_rfc3339();
+        // times people can read (10:00:05, not 10:00:05.830308145). Rounded up, so
+        // that no fire lies before the job existed.
+        let wall = self.clock.wall();
+        let mut anchor_time = chrono::SubsecRound::trunc_subsecs(wall, 0);
+        if anchor_time < wall {
+            anchor_time += chrono::Duration::seconds(1);
+        }
+        let now = anchor_time.to_rfc3339();
         let resp = self
             .registry
             .txn(

@@ -463,11 +463,41 @@ impl HistoryStore {
     }
 
     /// Create or upgrade the schema (done by [`HistoryStore::connect`]). Safe to
-    /// run from several processes at once: sqlx takes a database lock.
+    /// run from several processes at once: sqlx takes a database lock on
+    /// PostgreSQL and MySQL; on SQLite (where sqlx takes none, and two nodes
+    /// starting together raced to create the tables) an exclusive lock on the file
+    /// `PATH.migrate-lock` next to the database serializes the migrations.
     pub async fn migrate(&self) -> Result<()> {
         let err = |e: sqlx::migrate::MigrateError| StoreError::Migrate {
             url: self.url.masked.clone(),
             cause: self.url.scrub(&e.to_string()),
+        };
+        let _file_lock = match &self.url.target {
+            Target::Sqlite(Some(path)) => {
+                let mut lock_path = path.clone().into_os_string();
+                lock_path.push(".migrate-lock");
+                let masked = self.url.masked.clone();
+                let lock = tokio::task::spawn_blocking(move || {
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&lock_path)?;
+                    f.lock()?;
+                    Ok::<_, std::io::Error>(f)
+                })
+                .await
+                .map_err(|e| StoreError::Migrate {
+                    url: masked.clone(),
+                    cause: format!("migration lock task failed: {e}"),
+                })?
+                .map_err(|e| StoreError::Migrate {
+                    url: masked,
+                    cause: format!("cannot lock the migration lock file: {e}"),
+                })?;
+                Some(lock)
+            }
+            _ => None,
         };
         let mut migrator = sqlx::migrate::Migrator::new(Migrations(self.backend()))
             .await

@@ -22,3 +22,24 @@ mod mariadb {
 fn kill9_child() {
     kit::kill9_child();
 }
+
+/// Nodes that share one SQLite history and start together all get a schema (sqlx
+/// takes no migration lock on SQLite; the store serializes with a lock file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_nodes_starting_together_all_migrate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/shared.db", dir.path().display());
+    for round in 0..5 {
+        let url = format!("{url}{round}");
+        let starts: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { shardcron_store::HistoryStore::connect(&url).await })
+            })
+            .collect();
+        for s in starts {
+            let store = s.await.expect("task");
+            assert!(store.is_ok(), "round {round}: {:?}", store.err());
+        }
+    }
+}

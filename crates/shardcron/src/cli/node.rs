@@ -36,7 +36,7 @@ pub(crate) struct AgentArgs {
 /// Which registry a node uses.
 enum Mode {
     Standalone,
-    Agent(AgentFlags),
+    Agent,
 }
 
 pub(crate) fn standalone(args: StandaloneArgs) -> CliResult {
@@ -64,7 +64,7 @@ pub(crate) fn agent(args: AgentArgs) -> CliResult {
             "required (or SHARDCRON_HISTORY, or settings.history in the config file), e.g. postgres://user@host/db",
         ));
     }
-    run(resolved, Mode::Agent(args.agent))
+    run(resolved, Mode::Agent)
 }
 
 fn run(resolved: Resolved, mode: Mode) -> CliResult {
@@ -80,8 +80,10 @@ fn run(resolved: Resolved, mode: Mode) -> CliResult {
 fn init_logging(filter: &str) -> CliResult {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| CliError::invalid("--log (SHARDCRON_LOG)", e))?;
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
         .try_init()
         .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot set up logging: {e}")))
@@ -123,7 +125,7 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
             })?;
             (Arc::new(m.clone()), Some(m))
         }
-        Mode::Agent(flags) => (Arc::new(connect_etcd(&resolved, flags).await?), None),
+        Mode::Agent => (Arc::new(connect_etcd(&resolved).await?), None),
     };
     let history_url = resolved
         .history
@@ -155,7 +157,7 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
         None => None,
     };
     tracing::info!(
-        mode = match mode { Mode::Standalone => "standalone", Mode::Agent(_) => "agent" },
+        mode = match mode { Mode::Standalone => "standalone", Mode::Agent => "agent" },
         instance = instance.id().unwrap_or_default(),
         name = instance.name(),
         data = %data.display(),
@@ -184,12 +186,12 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
     Ok(())
 }
 
-async fn connect_etcd(r: &Resolved, flags: &AgentFlags) -> Result<EtcdRegistry, CliError> {
+async fn connect_etcd(r: &Resolved) -> Result<EtcdRegistry, CliError> {
     let url = r.registry.as_deref().unwrap_or_default();
     let ns = r.namespace.as_deref().unwrap_or_default();
     let mut opts =
         EtcdOptions::from_url(url, ns).map_err(|e| CliError::invalid("--registry", e))?;
-    if let Some(user) = &flags.registry_user {
+    if let Some(user) = &r.registry_user {
         let password = std::env::var("SHARDCRON_REGISTRY_PASSWORD").map_err(|_| {
             CliError::invalid(
                 "SHARDCRON_REGISTRY_PASSWORD",
@@ -208,9 +210,9 @@ async fn connect_etcd(r: &Resolved, flags: &AgentFlags) -> Result<EtcdRegistry, 
             })
             .transpose()
     };
-    let ca = read("--registry-ca", &flags.registry_ca)?;
-    let cert = read("--registry-cert", &flags.registry_cert)?;
-    let key = read("--registry-key", &flags.registry_key)?;
+    let ca = read("--registry-ca", &r.registry_ca)?;
+    let cert = read("--registry-cert", &r.registry_cert)?;
+    let key = read("--registry-key", &r.registry_key)?;
     if cert.is_some() != key.is_some() {
         return Err(CliError::invalid(
             "--registry-cert",

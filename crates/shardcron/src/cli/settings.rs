@@ -18,6 +18,10 @@
 //! weight = 2
 //! lease_ttl = "5s"
 //! log = "info"
+//! registry_user = "shardcron"      # password: SHARDCRON_REGISTRY_PASSWORD only
+//! registry_ca = "certs/ca.pem"     # etcds:// registries
+//! registry_cert = "certs/client.pem"
+//! registry_key = "certs/client-key.pem"
 //!
 //! [scripts]
 //! allow = ["/opt/jobs", "scripts"]
@@ -148,6 +152,10 @@ struct FileSettings {
     weight: Option<u32>,
     lease_ttl: Option<Duration>,
     log: Option<String>,
+    registry_user: Option<String>,
+    registry_ca: Option<PathBuf>,
+    registry_cert: Option<PathBuf>,
+    registry_key: Option<PathBuf>,
 }
 
 const SETTINGS_KEYS: &[&str] = &[
@@ -161,6 +169,10 @@ const SETTINGS_KEYS: &[&str] = &[
     "weight",
     "lease_ttl",
     "log",
+    "registry_user",
+    "registry_ca",
+    "registry_cert",
+    "registry_key",
 ];
 
 /// A config file, read and validated.
@@ -294,6 +306,21 @@ fn read_settings(v: &toml::Value, dir: &Path, problems: &mut Vec<String>) -> Fil
                 Ok(s) => out.log = Some(s),
                 Err(e) => bad(e),
             },
+            "registry_user" => match string(value) {
+                Ok(s) => out.registry_user = Some(s),
+                Err(e) => bad(e),
+            },
+            "registry_ca" | "registry_cert" | "registry_key" => match string(value) {
+                Ok(s) => {
+                    let p = Some(normalize(&dir.join(s)));
+                    match key.as_str() {
+                        "registry_ca" => out.registry_ca = p,
+                        "registry_cert" => out.registry_cert = p,
+                        _ => out.registry_key = p,
+                    }
+                }
+                Err(e) => bad(e),
+            },
             "labels" => match value {
                 toml::Value::Table(t) => {
                     let mut labels = BTreeMap::new();
@@ -403,6 +430,10 @@ pub(crate) struct Resolved {
     pub(crate) log: String,
     pub(crate) registry: Option<String>,
     pub(crate) namespace: Option<String>,
+    pub(crate) registry_user: Option<String>,
+    pub(crate) registry_ca: Option<PathBuf>,
+    pub(crate) registry_cert: Option<PathBuf>,
+    pub(crate) registry_key: Option<PathBuf>,
 }
 
 impl Resolved {
@@ -453,6 +484,18 @@ impl Resolved {
             namespace: agent
                 .and_then(|a| a.namespace.clone())
                 .or(file.namespace.clone()),
+            registry_user: agent
+                .and_then(|a| a.registry_user.clone())
+                .or(file.registry_user.clone()),
+            registry_ca: agent
+                .and_then(|a| a.registry_ca.clone())
+                .or(file.registry_ca.clone()),
+            registry_cert: agent
+                .and_then(|a| a.registry_cert.clone())
+                .or(file.registry_cert.clone()),
+            registry_key: agent
+                .and_then(|a| a.registry_key.clone())
+                .or(file.registry_key.clone()),
             script_allow,
             config,
         };
