@@ -18,7 +18,7 @@
 //! the token). A transaction whose answer is lost may have committed: the claimant
 //! re-reads the run key and adopts its own claim.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,8 +101,14 @@ pub(crate) struct Scheduler {
     opts: SchedulerOptions,
     owned: HashSet<(String, u32)>,
     timers: BTreeSet<(DateTime<Utc>, String, u32)>,
+    /// When each item's timer is set (the index of `timers`).
+    timer_at: HashMap<(String, u32), DateTime<Utc>>,
     /// Items to look at again as soon as possible (blocked by a run, a lost race).
     recheck: BTreeSet<(String, u32)>,
+    /// Items whose fire waits because the job is at its `max_concurrent` here, in
+    /// the order they started waiting (first come, first served).
+    capped: BTreeMap<(String, u32), u64>,
+    cap_seq: u64,
     jobs: HashMap<String, (i64, JobSpec)>,
     running: RunningMap,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -184,7 +190,10 @@ impl Scheduler {
             opts,
             owned: HashSet::new(),
             timers: BTreeSet::new(),
+            timer_at: HashMap::new(),
             recheck: BTreeSet::new(),
+            capped: BTreeMap::new(),
+            cap_seq: 0,
             jobs: HashMap::new(),
             running: shared.running.clone(),
             done_tx,
@@ -236,6 +245,8 @@ impl Scheduler {
                 identity = now_identity;
                 self.owned.clear();
                 self.timers.clear();
+                self.timer_at.clear();
+                self.capped.clear();
                 dirty = true;
             }
             if identity.is_some() && self.shared.may_act() {
@@ -259,6 +270,14 @@ impl Scheduler {
                 _ = fo_rx.changed() => {}
                 _ = req_rx.changed() => {}
                 Some(done) = self.done_rx.recv() => {
+                    // A slot of the job is free: its capped items may fire now.
+                    let waiting: Vec<(String, u32)> = self
+                        .capped
+                        .keys()
+                        .filter(|(j, _)| *j == done.job)
+                        .cloned()
+                        .collect();
+                    self.recheck.extend(waiting);
                     self.recheck.insert((done.job, done.item));
                 }
                 () = tokio::time::sleep(wait) => {}
@@ -349,10 +368,17 @@ impl Scheduler {
         }
         self.timers
             .retain(|(_, j, i)| now_owned.contains(&(j.clone(), *i)));
+        self.timer_at.retain(|k, _| now_owned.contains(k));
         self.recheck.retain(|k| now_owned.contains(k));
+        self.capped.retain(|k, _| now_owned.contains(k));
+        if self.owned != now_owned {
+            // Pending manual triggers may now name items we own.
+            self.handled_triggers.clear();
+        }
         self.owned = now_owned;
+        let owned_jobs: HashSet<&str> = self.owned.iter().map(|(j, _)| j.as_str()).collect();
         self.jobs
-            .retain(|name, _| self.owned.iter().any(|(j, _)| j == name));
+            .retain(|name, _| owned_jobs.contains(name.as_str()));
     }
 
     /// Record in `last` since when newly disabled items are disabled.
@@ -391,6 +417,13 @@ impl Scheduler {
         }
     }
 
+    fn running_of_job(&self, job: &str) -> usize {
+        lock(&self.running)
+            .values()
+            .filter(|r| r.job == job)
+            .count()
+    }
+
     fn running_item(&self, job: &str, item: u32) -> bool {
         lock(&self.running)
             .values()
@@ -400,16 +433,20 @@ impl Scheduler {
     async fn process_due(&mut self) {
         let now = self.shared.clock.wall();
         let mut due: Vec<(String, u32)> = std::mem::take(&mut self.recheck).into_iter().collect();
+        let mut seen: HashSet<(String, u32)> = due.iter().cloned().collect();
         while let Some((t, _, _)) = self.timers.first() {
             if *t > now {
                 break;
             }
-            if let Some((_, j, i)) = self.timers.pop_first()
-                && !due.contains(&(j.clone(), i))
-            {
-                due.push((j, i));
+            if let Some((_, j, i)) = self.timers.pop_first() {
+                self.timer_at.remove(&(j.clone(), i));
+                if seen.insert((j.clone(), i)) {
+                    due.push((j, i));
+                }
             }
         }
+        // Items waiting for a slot of their job go first, longest waiting first.
+        due.sort_by_key(|k| self.capped.get(k).copied().unwrap_or(u64::MAX));
         for (job, item) in due {
             if !self.owned.contains(&(job.clone(), item)) || !self.shared.may_act() {
                 continue;
@@ -422,7 +459,9 @@ impl Scheduler {
     }
 
     fn schedule_at(&mut self, job: &str, item: u32, at: DateTime<Utc>) {
-        self.timers.retain(|(_, j, i)| !(j == job && *i == item));
+        if let Some(old) = self.timer_at.insert((job.to_string(), item), at) {
+            self.timers.remove(&(old, job.to_string(), item));
+        }
         self.timers.insert((at, job.to_string(), item));
     }
 
@@ -445,6 +484,25 @@ impl Scheduler {
             return Ok(());
         }
         let running_here = self.running_item(job, item);
+        if !running_here && let Some(cap) = spec.max_concurrent {
+            // At most `cap` runs of the job here: a fire beyond waits for one of
+            // them to end (then its misfire policy judges it), behind the items
+            // that were waiting before it.
+            let key = (job.to_string(), item);
+            let mine = self.capped.get(&key).copied();
+            let ahead = self
+                .capped
+                .iter()
+                .any(|((j, i), seq)| j == job && *i != item && mine.is_none_or(|m| *seq < m));
+            if ahead || self.running_of_job(job) >= cap as usize {
+                if mine.is_none() {
+                    self.cap_seq += 1;
+                    self.capped.insert(key, self.cap_seq);
+                }
+                return Ok(());
+            }
+            self.capped.remove(&key);
+        }
         let now = self.shared.clock.wall();
         let anchor = self
             .shared
@@ -1015,7 +1073,10 @@ impl Scheduler {
     /// the request is done with (on this instance).
     async fn trigger(&mut self, req: &TriggerRequest) -> bool {
         let Some((job_rev, spec)) = self.job(&req.job) else {
-            return true;
+            // The request can arrive before the job does (separate watches): keep
+            // it pending for a while; a request for a deleted job is dropped.
+            let age = self.shared.clock.wall() - req.requested_at;
+            return age > chrono::Duration::minutes(5);
         };
         let items: Vec<u32> = if req.items.is_empty() {
             (0..spec.shards).collect()
@@ -1027,6 +1088,21 @@ impl Scheduler {
         for item in items {
             if !self.owned.contains(&(req.job.clone(), item)) {
                 continue;
+            }
+            // Processed again after an ownership change: a fire claimed already
+            // (by us or a previous owner) is done with.
+            match self
+                .shared
+                .registry
+                .get(&keys::fire(&req.job, item, &fire))
+                .await
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(_) => {
+                    all_done = false;
+                    continue;
+                }
             }
             match self
                 .claim(
@@ -1099,6 +1175,8 @@ struct RunTask {
 }
 
 impl RunTask {
+    /// Run a claimed fire: its attempts (the first, then retries with backoff
+    /// while they fail or time out), then release the item.
     async fn run(
         self,
         handler: Arc<dyn crate::execute::SimpleJob>,
@@ -1107,8 +1185,71 @@ impl RunTask {
         cancel: watch::Receiver<bool>,
         reason: Arc<Mutex<Option<(ExecutionStatus, String)>>>,
     ) {
-        let start = self.shared.clock.wall();
         failpoints::hit("after_claim", &ctx.instance).await;
+        let claimed = ctx.clone();
+        let mut ctx = ctx;
+        let (status, fenced, end) = loop {
+            let (status, fenced, end) = self
+                .attempt(&handler, &spec, &ctx, cancel.clone(), &reason)
+                .await;
+            let retry = matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut)
+                && ctx.attempt <= spec.retries.max
+                && !fenced
+                && !*cancel.borrow()
+                && !self.shared.draining();
+            if !retry {
+                break (status, fenced, end);
+            }
+            let delay = retry_delay(&spec.retries, ctx.attempt);
+            tracing::info!(job = %ctx.job, item = ctx.item, attempt = ctx.attempt, ?delay, "retrying after a failed attempt");
+            let mut c = cancel.clone();
+            let cancelled = tokio::select! {
+                () = tokio::time::sleep(delay) => false,
+                () = wait_cancelled(&mut c) => true,
+            };
+            if cancelled || self.shared.draining() {
+                break (status, fenced, end);
+            }
+            // The next attempt is a new execution (its own history row) of the same
+            // claim: same fire, same run key, same token.
+            let next = new_execution_id_at(self.shared.clock.wall());
+            {
+                let mut running = lock(&self.running);
+                if let Some(r) = running.remove(&ctx.execution_id) {
+                    running.insert(next.clone(), r);
+                }
+            }
+            ctx.execution_id = next;
+            ctx.attempt += 1;
+            ctx.source = ExecutionSource::Retry;
+        };
+        failpoints::hit("before_release", &ctx.instance).await;
+        // A run stopped by self-fencing keeps its run key: the leader fails the fire
+        // over once our old identity is gone. Any other ending releases it.
+        let keep_for_failover =
+            status == ExecutionStatus::Cancelled && (fenced || self.shared.draining());
+        if !keep_for_failover && let Err(e) = self.release(&claimed, end).await {
+            tracing::warn!(job = %ctx.job, item = ctx.item, error = %e, "release failed; the run key is left for failover");
+        }
+        lock(&self.running).remove(&ctx.execution_id);
+        let _ = self.done.send(Done {
+            job: ctx.job,
+            item: ctx.item,
+        });
+    }
+
+    /// One attempt: record it RUNNING, run the handler under the timeout and the
+    /// cancel signal, record its outcome. Returns the outcome, whether our identity
+    /// was fenced meanwhile, and the end time.
+    async fn attempt(
+        &self,
+        handler: &Arc<dyn crate::execute::SimpleJob>,
+        spec: &Arc<JobSpec>,
+        ctx: &ShardingContext,
+        cancel: watch::Receiver<bool>,
+        reason: &Arc<Mutex<Option<(ExecutionStatus, String)>>>,
+    ) -> (ExecutionStatus, bool, DateTime<Utc>) {
+        let start = self.shared.clock.wall();
         self.history.record(HistoryEvent::Record(ExecutionRecord {
             id: ctx.execution_id.clone(),
             job: ctx.job.clone(),
@@ -1132,7 +1273,7 @@ impl RunTask {
         let job_ctx = JobContext::new(ctx.clone(), spec.clone(), cancel.clone());
         let cancel_flag = cancel.clone();
         let cancelled = {
-            let c = JobContext::new(ctx.clone(), spec, cancel);
+            let c = JobContext::new(ctx.clone(), spec.clone(), cancel);
             async move { c.cancelled().await }
         };
         let timeout = async {
@@ -1152,7 +1293,7 @@ impl RunTask {
                 // Cooperative first: the handler sees the signal and may return
                 // within the grace; after it, its future is dropped.
                 let _ = tokio::time::timeout(CANCEL_GRACE, &mut handler_run).await;
-                let (s, why) = lock(&reason)
+                let (s, why) = lock(reason)
                     .clone()
                     .unwrap_or((ExecutionStatus::Cancelled, "cancelled".into()));
                 (s, Some(why), None)
@@ -1167,7 +1308,7 @@ impl RunTask {
         // whatever it returned.
         let (status, cause, output) =
             if *cancel_flag.borrow() && status != ExecutionStatus::Succeeded {
-                let (s, why) = lock(&reason)
+                let (s, why) = lock(reason)
                     .clone()
                     .unwrap_or((ExecutionStatus::Cancelled, "cancelled".into()));
                 (s, Some(why), output)
@@ -1209,19 +1350,7 @@ impl RunTask {
             output,
             message: None,
         }));
-        failpoints::hit("before_release", &ctx.instance).await;
-        // A run stopped by self-fencing keeps its run key: the leader fails the fire
-        // over once our old identity is gone. Any other ending releases it.
-        let keep_for_failover =
-            status == ExecutionStatus::Cancelled && (fenced || self.shared.draining());
-        if !keep_for_failover && let Err(e) = self.release(&ctx, end).await {
-            tracing::warn!(job = %ctx.job, item = ctx.item, error = %e, "release failed; the run key is left for failover");
-        }
-        lock(&self.running).remove(&ctx.execution_id);
-        let _ = self.done.send(Done {
-            job: ctx.job,
-            item: ctx.item,
-        });
+        (status, fenced, end)
     }
 
     /// Delete the run key if it is still ours (its revision is our token) and record
@@ -1446,4 +1575,25 @@ fn when_registered(txn: Txn, me: &str, reg_rev: i64) -> Txn {
         return txn;
     }
     txn.when(Compare::create_revision_is(keys::instance(me), reg_rev))
+}
+
+/// The delay before retry number `attempt` (1 = the first retry): `initial`
+/// doubled per attempt, at most `max_delay`, with "equal jitter" (a random point in
+/// the upper half), so that items failing together do not retry in lockstep.
+fn retry_delay(policy: &shardcron_core::job::RetryPolicy, attempt: u32) -> Duration {
+    let exp = policy
+        .initial
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(policy.max_delay).max(Duration::from_millis(1));
+    let half = d / 2;
+    half + d.mul_f64(rand::random::<f64>() * 0.5)
+}
+
+/// Resolves when `rx` turns true (or its sender is gone).
+async fn wait_cancelled(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
