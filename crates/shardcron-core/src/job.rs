@@ -74,11 +74,53 @@
 //!
 //! | field | type | default | meaning |
 //! |---|---|---|---|
-//! | `kind` | string | `"script"` when `command` is given, else required | `"script"`, `"http"`, or the name of a Rust handler registered through the SDK (1-128 of `A-Z a-z 0-9 . _ - :`) |
+//! | `kind` | string | `"script"` when `command` is given, `"http"` when `http` is given, else required | `"script"`, `"http"`, or the name of a Rust handler registered through the SDK (1-128 of `A-Z a-z 0-9 . _ - :`) |
 //! | `command` | array of strings | required for scripts | the program and its arguments, run without a shell, e.g. `["./scripts/sync.sh", "--fast"]`; the first element may not be empty; only for `kind = "script"` |
+//! | `http` | table | required for HTTP jobs | the request an HTTP job sends; see below; only for `kind = "http"` |
 //!
-//! `kind = "http"` is reserved for HTTP jobs; their fields are not defined yet, so an
-//! HTTP job currently takes no kind-specific field.
+//! ## HTTP jobs
+//!
+//! A job `kind = "http"` sends one HTTP request per item and fire, described by its
+//! `http` table (inline, or as a `[job.http]` sub-table after the job's fields):
+//!
+//! ```toml
+//! [[job]]
+//! name = "ping"
+//! every = "10s"
+//! kind = "http"
+//! http = { method = "POST", url = "https://example.com/hook", headers = { Authorization = "Bearer x" }, body = '{"item": {{item}}, "fire": "{{fire_time}}"}', timeout = "5s", accept = [200, 204] }
+//! ```
+//!
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `method` | string | `"GET"` | `GET`, `POST`, `PUT`, `PATCH`, `DELETE` or `HEAD` (any letter case) |
+//! | `url` | string | required | an absolute `http://` or `https://` URL with a host; it may not hold credentials (`user:password@`): put those in a header |
+//! | `headers` | table of strings | `{}` | request headers, e.g. `{ Authorization = "Bearer x" }`; names are HTTP tokens, given once whatever their letter case; values have no control characters other than tab. `X-Shardcron-Context`, `X-Shardcron-Token`, `Content-Length` and `Transfer-Encoding` are set by shardcron and may not be given |
+//! | `body` | string | none | the request body, with `{{name}}` placeholders (see below); not allowed with `HEAD` |
+//! | `timeout` | duration | `"30s"` | longest one request may take, from sending to the end of the response; greater than zero, at most `"1h"` (the job's own `timeout` still bounds the whole run) |
+//! | `accept` | array | `["2xx"]` | the status codes that mean success: codes (`200`, or `"200"`), classes (`"2xx"`) or inclusive ranges (`"200-299"`), all within 100-599; not empty |
+//!
+//! A placeholder `{{name}}` (spaces inside the braces are allowed) in `body` is
+//! replaced by a field of the run's sharding context, the same values a script gets
+//! as `SHARDCRON_*` variables: `job`, `item`, `total`, `item_param`, `param`,
+//! `fire_time` (RFC 3339, the scheduled time), `execution_id`, `instance`, `token`
+//! (the fencing token), `source` (`NORMAL`, `MISFIRE`, `FAILOVER`, `RETRY`,
+//! `MANUAL`) and `attempt`. Values are inserted as they are, not escaped: quote
+//! them in a JSON body (`"{{param}}"`) and keep `param` and `shard_params` free of
+//! characters that would need escaping. Every `{{` must open a known placeholder
+//! closed by `}}`; an unknown name or an unclosed `{{` is an error, and there is no
+//! way to send a literal `{{`.
+//!
+//! Every request also carries the whole context as one compact JSON object in the
+//! header `X-Shardcron-Context`, and the fencing token in `X-Shardcron-Token`, so
+//! that the receiver can reject a stale run. A request whose status is outside
+//! `accept` fails the run; what the executor records is described in the runtime's
+//! `http_job` module.
+//!
+//! Header values are secrets (tokens, API keys): they are never written by `Debug`,
+//! and whatever shows a job to people (REST API, console, logs) must show
+//! [`JobSpec::redacted`], which replaces them with [`REDACTED`]. The URL and the
+//! body are not redacted: keep secrets in headers.
 //!
 //! ## Running
 //!
@@ -147,13 +189,21 @@
 //! same spec:
 //!
 //! - keys in alphabetical order; every field is written, except the schedule fields
-//!   that do not apply, `command` (scripts only), `catch_up_max` (only with
+//!   that do not apply, `command` (scripts only), `http` (HTTP jobs only; all its
+//!   keys are written except `body` when there is none), `catch_up_max` (only with
 //!   `"catch_up"`), and `timeout` and `max_concurrent` when not set;
 //! - the schedule as its one field; `tz` is always written with `cron` (`"UTC"` by
 //!   default); `at` as RFC 3339 in UTC, e.g. `"2030-01-01T03:00:00Z"`;
 //! - durations as strings in their shortest form (`"1m30s"`);
 //! - `shard_params` as its string form (`""` when there are none), `retries` as a
-//!   table with all three keys, `misfire` as a string, `labels` as an object.
+//!   table with all three keys, `misfire` as a string, `labels` as an object;
+//! - `http.method` in capitals, `http.accept` entries as integers for single codes
+//!   and strings for classes (`"2xx"`) and ranges (`"200-204"`).
+//!
+//! This form holds the HTTP header values in clear: it is for the registry. API
+//! responses and anything else shown to people must use the form of
+//! [`JobSpec::redacted`]; a job sent back with [`REDACTED`] header values (an edit
+//! in the console) gets its stored values back with [`JobSpec::restore_redacted`].
 //!
 //! When reading JSON, `null` is the same as an absent field.
 
@@ -164,6 +214,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::duration::{HumanDuration, parse_duration};
+use crate::execution::ShardingContext;
 use crate::schedule::{CronSchedule, Schedule, ScheduleError, parse_tz};
 use crate::sharding::Strategy;
 
@@ -194,6 +245,7 @@ const JOB_FIELDS: &[&str] = &[
     "param",
     "kind",
     "command",
+    "http",
     "timeout",
     "retries",
     "failover",
@@ -206,6 +258,7 @@ const JOB_FIELDS: &[&str] = &[
     "max_concurrent",
 ];
 const RETRY_FIELDS: &[&str] = &["max", "initial", "max_delay"];
+const HTTP_FIELDS: &[&str] = &["method", "url", "headers", "body", "timeout", "accept"];
 const MISFIRE_FIELDS: &[&str] = &["policy", "max"];
 /// Top-level keys of a job file. `settings` and `scripts` belong to the `shardcron`
 /// binary's configuration (a config file is a job file with those two tables); the
@@ -252,10 +305,361 @@ pub enum JobKind {
         /// argv; the first element is the program.
         command: Vec<String>,
     },
-    /// An HTTP call (`kind = "http"`); its fields arrive with the HTTP issue.
-    Http,
+    /// An HTTP request (`kind = "http"`, `http = { ... }`).
+    Http(HttpSpec),
     /// A Rust handler registered under this name through the SDK.
     Handler(String),
+}
+
+/// Default of [`HttpSpec::timeout`]: 30 seconds per request.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest [`HttpSpec::timeout`]: one hour.
+pub const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// What [`JobSpec::redacted`] and the `Debug` of [`HttpSpec`] show instead of a
+/// header value.
+pub const REDACTED: &str = "<redacted>";
+/// The header that carries the sharding context of an HTTP job's run, as JSON.
+pub const CONTEXT_HEADER: &str = "X-Shardcron-Context";
+/// The header that carries the fencing token of an HTTP job's run.
+pub const TOKEN_HEADER: &str = "X-Shardcron-Token";
+/// The `{{name}}` placeholders an HTTP body may use: the fields of
+/// [`ShardingContext`].
+pub const HTTP_PLACEHOLDERS: &[&str] = &[
+    "job",
+    "item",
+    "total",
+    "item_param",
+    "param",
+    "fire_time",
+    "execution_id",
+    "instance",
+    "token",
+    "source",
+    "attempt",
+];
+/// Headers shardcron sets itself, which a job may not give (compared ignoring case).
+const RESERVED_HEADERS: &[&str] = &[
+    CONTEXT_HEADER,
+    TOKEN_HEADER,
+    "Content-Length",
+    "Transfer-Encoding",
+];
+
+/// The method of an HTTP job's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HttpMethod {
+    /// `GET` (default).
+    #[default]
+    Get,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+    /// `DELETE`.
+    Delete,
+    /// `HEAD`.
+    Head,
+}
+
+impl HttpMethod {
+    /// Every method, in the order the documentation lists them.
+    pub const ALL: [HttpMethod; 6] = [
+        HttpMethod::Get,
+        HttpMethod::Post,
+        HttpMethod::Put,
+        HttpMethod::Patch,
+        HttpMethod::Delete,
+        HttpMethod::Head,
+    ];
+
+    /// The method's name in capitals, as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Head => "HEAD",
+        }
+    }
+
+    /// The method of this name, in any letter case.
+    pub fn parse(name: &str) -> Option<HttpMethod> {
+        HttpMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An inclusive range of HTTP status codes, within 100-599: one code (`204`), a
+/// class (`"2xx"`) or a range (`"200-204"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusRange {
+    /// Lowest code of the range.
+    pub first: u16,
+    /// Highest code of the range (equal to `first` for a single code).
+    pub last: u16,
+}
+
+impl StatusRange {
+    /// `2xx`, the default of [`HttpSpec::accept`].
+    pub const SUCCESS: StatusRange = StatusRange {
+        first: 200,
+        last: 299,
+    };
+
+    /// Whether `status` is in the range.
+    pub fn contains(self, status: u16) -> bool {
+        (self.first..=self.last).contains(&status)
+    }
+
+    /// Parse `"204"`, `"2xx"` (or `"2XX"`) or `"200-204"`.
+    pub fn parse(text: &str) -> Result<StatusRange, String> {
+        const FORM: &str =
+            "a status code such as 200, a class such as \"2xx\" or a range such as \"200-204\"";
+        let code = |t: &str| -> Option<u16> {
+            let t = t.trim();
+            if t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit()) {
+                t.parse().ok()
+            } else {
+                None
+            }
+        };
+        let t = text.trim();
+        let range = if let Some(class) = t
+            .strip_suffix("xx")
+            .or_else(|| t.strip_suffix("XX"))
+            .filter(|c| c.len() == 1)
+            .and_then(|c| c.parse::<u16>().ok())
+        {
+            Some((class * 100, class * 100 + 99))
+        } else if let Some((a, b)) = t.split_once('-') {
+            code(a).zip(code(b))
+        } else {
+            code(t).map(|c| (c, c))
+        };
+        let Some((first, last)) = range else {
+            return Err(format!("expected {FORM}, got {text:?}"));
+        };
+        StatusRange::new(first, last)
+    }
+
+    /// The range `first..=last`, checked to be within 100-599 and not reversed.
+    pub fn new(first: u16, last: u16) -> Result<StatusRange, String> {
+        if !(100..=599).contains(&first) || !(100..=599).contains(&last) {
+            let shown = StatusRange { first, last };
+            return Err(format!("status codes are between 100 and 599, got {shown}"));
+        }
+        if first > last {
+            return Err(format!("range {first}-{last} is reversed"));
+        }
+        Ok(StatusRange { first, last })
+    }
+}
+
+impl fmt::Display for StatusRange {
+    /// `204`, `2xx` or `200-204`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else if self.first.is_multiple_of(100) && self.last == self.first + 99 {
+            write!(f, "{}xx", self.first / 100)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// The request of an HTTP job (`kind = "http"`); see "HTTP jobs" in the module
+/// documentation.
+///
+/// Its `Debug` shows header names but not their values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpSpec {
+    /// Request method (default `GET`).
+    pub method: HttpMethod,
+    /// Absolute `http://` or `https://` URL, without credentials.
+    pub url: String,
+    /// Request headers, names as written. The values are secrets.
+    pub headers: BTreeMap<String, String>,
+    /// Body template with `{{name}}` placeholders ([`HTTP_PLACEHOLDERS`]).
+    pub body: Option<String>,
+    /// Longest one request may take ([`DEFAULT_HTTP_TIMEOUT`]).
+    pub timeout: Duration,
+    /// Status codes that mean success (default `2xx`); never empty.
+    pub accept: Vec<StatusRange>,
+}
+
+impl fmt::Debug for HttpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Names<'a>(&'a BTreeMap<String, String>);
+        impl fmt::Debug for Names<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(self.0.keys().map(|k| (k, REDACTED)))
+                    .finish()
+            }
+        }
+        f.debug_struct("HttpSpec")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &Names(&self.headers))
+            .field("body", &self.body)
+            .field("timeout", &self.timeout)
+            .field("accept", &self.accept)
+            .finish()
+    }
+}
+
+/// A piece of a body template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+/// Splits a body template into text and placeholders, or says what is wrong.
+fn template_pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            pieces.push(Piece::Text(&rest[..open]));
+        }
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return Err(format!(
+                "\"{{{{\" at character {} is not closed by \"}}}}\"",
+                template[..template.len() - rest.len() + open]
+                    .chars()
+                    .count()
+                    + 1
+            ));
+        };
+        let name = after[..close].trim();
+        if !HTTP_PLACEHOLDERS.contains(&name) {
+            let hint = match closest(name, HTTP_PLACEHOLDERS) {
+                Some(near) => format!("did you mean {{{{{near}}}}}? "),
+                None => String::new(),
+            };
+            return Err(format!(
+                "unknown placeholder {{{{{name}}}}} ({hint}known: {})",
+                HTTP_PLACEHOLDERS.join(", ")
+            ));
+        }
+        pieces.push(Piece::Placeholder(name));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    Ok(pieces)
+}
+
+impl HttpSpec {
+    /// A request with no headers, no body, the default timeout and `accept = ["2xx"]`.
+    pub fn new(method: HttpMethod, url: impl Into<String>) -> HttpSpec {
+        HttpSpec {
+            method,
+            url: url.into(),
+            headers: BTreeMap::new(),
+            body: None,
+            timeout: DEFAULT_HTTP_TIMEOUT,
+            accept: vec![StatusRange::SUCCESS],
+        }
+    }
+
+    /// Whether a response with `status` is a success.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.accept.iter().any(|r| r.contains(status))
+    }
+
+    /// The body to send for the run described by `ctx`, placeholders filled in;
+    /// `Ok(None)` when there is no body. Fails only for a spec that was not
+    /// validated (an unknown or unclosed placeholder).
+    pub fn render_body(&self, ctx: &ShardingContext) -> Result<Option<String>, String> {
+        let Some(template) = &self.body else {
+            return Ok(None);
+        };
+        let vars = ctx.env_vars();
+        let mut out = String::with_capacity(template.len());
+        for piece in template_pieces(template)? {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Placeholder(name) => {
+                    let var = format!("SHARDCRON_{}", name.to_ascii_uppercase());
+                    let value = vars
+                        .iter()
+                        .find(|(k, _)| *k == var)
+                        .map(|(_, v)| v.as_str())
+                        .ok_or_else(|| format!("placeholder {{{{{name}}}}} has no value"))?;
+                    out.push_str(value);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The same request with every header value replaced by [`REDACTED`].
+    pub fn redacted(&self) -> HttpSpec {
+        HttpSpec {
+            headers: self
+                .headers
+                .keys()
+                .map(|k| (k.clone(), REDACTED.to_owned()))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        // Sorted keys whatever serde_json's map preserves, as in `JobSpec::to_json`.
+        let mut m = BTreeMap::new();
+        m.insert("method", Value::String(self.method.as_str().into()));
+        m.insert("url", Value::String(self.url.clone()));
+        m.insert(
+            "headers",
+            Value::Object(
+                self.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        if let Some(body) = &self.body {
+            m.insert("body", Value::String(body.clone()));
+        }
+        m.insert(
+            "timeout",
+            Value::String(HumanDuration(self.timeout).to_string()),
+        );
+        m.insert(
+            "accept",
+            Value::Array(
+                self.accept
+                    .iter()
+                    .map(|r| {
+                        if r.first == r.last {
+                            Value::from(r.first)
+                        } else {
+                            Value::String(r.to_string())
+                        }
+                    })
+                    .collect(),
+            ),
+        );
+        Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
 }
 
 /// Retries of a failed attempt, with exponential backoff and jitter.
@@ -520,9 +924,39 @@ impl JobSpec {
         }]))
     }
 
+    /// The job as it may be shown to people: the same spec with every HTTP header
+    /// value replaced by [`REDACTED`]. REST API responses, the console and logs
+    /// must show this form (its [`JobSpec::to_json`]), never the spec itself, whose
+    /// JSON form holds the header values in clear for the registry.
+    pub fn redacted(&self) -> JobSpec {
+        let mut spec = self.clone();
+        if let JobKind::Http(http) = &self.kind {
+            spec.kind = JobKind::Http(http.redacted());
+        }
+        spec
+    }
+
+    /// Undo [`JobSpec::redacted`] for a job sent back by a client that was shown
+    /// the redacted form: every HTTP header whose value is exactly [`REDACTED`]
+    /// gets the value of the header of the same name in `stored` (the copy in the
+    /// registry), when it has one. Other headers are left as sent.
+    pub fn restore_redacted(&mut self, stored: &JobSpec) {
+        let (JobKind::Http(http), JobKind::Http(old)) = (&mut self.kind, &stored.kind) else {
+            return;
+        };
+        for (name, value) in &mut http.headers {
+            if value == REDACTED
+                && let Some(secret) = old.headers.get(name)
+            {
+                value.clone_from(secret);
+            }
+        }
+    }
+
     /// The JSON form, with the same field names as the job file (see "JSON form" in
     /// the module documentation); [`JobSpec::from_json_value`] reads it back to the
-    /// same spec.
+    /// same spec. It holds HTTP header values in clear: show people the form of
+    /// [`JobSpec::redacted`].
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value;
 
@@ -571,8 +1005,9 @@ impl JobSpec {
                 m.insert("kind", s("script"));
                 m.insert("command", Value::Array(command.iter().map(s).collect()));
             }
-            JobKind::Http => {
+            JobKind::Http(http) => {
                 m.insert("kind", s("http"));
+                m.insert("http", http.to_json());
             }
             JobKind::Handler(name) => {
                 m.insert("kind", s(name));
@@ -1177,47 +1612,282 @@ fn read_shard_params(
 
 fn read_kind(cx: &mut Cx<'_>, t: &Table) -> Result<JobKind, Reported> {
     let command = get(t, "command").map(|v| read_command(cx, v));
+    let http = get(t, "http").map(|v| read_http(cx, v));
     let kind = opt(t, "kind", |v| cx.string(v, "kind"))?;
     let script = |cx: &mut Cx<'_>, command: Option<Result<Vec<String>, Reported>>| match command {
         Some(c) => c.map(|command| JobKind::Script { command }),
         None => Err(cx.report("command", "missing (required for kind = \"script\")")),
     };
-    match kind {
-        None if command.is_none() => {
-            Err(cx.report("kind", "missing (script, http, or a handler name)"))
+    let kind = match kind {
+        None if command.is_none() && http.is_none() => {
+            return Err(cx.report("kind", "missing (script, http, or a handler name)"));
         }
-        None | Some("script") => script(cx, command),
-        Some(other) => {
-            let kind = if other == "http" {
-                Ok(JobKind::Http)
-            } else if other.eq_ignore_ascii_case("script") || other.eq_ignore_ascii_case("http") {
+        None if command.is_none() => "http",
+        None => "script",
+        Some(kind) => kind,
+    };
+    if http.is_some() && kind != "http" {
+        return Err(cx.report(
+            "http",
+            format!("only applies to kind = \"http\", not {kind:?}"),
+        ));
+    }
+    if kind == "script" {
+        return script(cx, command);
+    }
+    let result = if kind == "http" {
+        match http {
+            Some(h) => h.map(JobKind::Http),
+            None => Err(cx.report(
+                "http",
+                "missing (required for kind = \"http\"), e.g. http = { url = \"https://example.com/hook\" }",
+            )),
+        }
+    } else if kind.eq_ignore_ascii_case("script") || kind.eq_ignore_ascii_case("http") {
+        Err(cx.report(
+            "kind",
+            format!(
+                "{kind:?} is not a kind; did you mean {:?}?",
+                kind.to_ascii_lowercase()
+            ),
+        ))
+    } else if is_handler_name(kind) {
+        Ok(JobKind::Handler(kind.to_owned()))
+    } else {
+        Err(cx.report(
+            "kind",
+            format!(
+                "must be \"script\", \"http\" or a handler name (1-128 letters, digits, \
+                 '.', '_', '-' and ':'), got {kind:?}"
+            ),
+        ))
+    };
+    if command.is_some() {
+        return Err(cx.report(
+            "command",
+            format!("only applies to kind = \"script\", not {kind:?}"),
+        ));
+    }
+    result
+}
+
+fn read_http(cx: &mut Cx<'_>, v: &Val) -> Result<HttpSpec, Reported> {
+    let Val::Table(ht) = v else {
+        return Err(cx.wrong_type(
+            "http",
+            "a table such as { url = \"https://example.com/hook\" }",
+            v,
+        ));
+    };
+    let method = opt(ht, "method", |v| {
+        cx.string(v, "http.method").and_then(|name| {
+            HttpMethod::parse(name).ok_or_else(|| {
+                cx.report(
+                    "http.method",
+                    format!("must be GET, POST, PUT, PATCH, DELETE or HEAD, got {name:?}"),
+                )
+            })
+        })
+    })
+    .map(Option::unwrap_or_default);
+    let url = match get(ht, "url") {
+        None => Err(cx.report("http.url", "missing")),
+        Some(v) => cx
+            .string(v, "http.url")
+            .and_then(|u| match check_http_url(u) {
+                Ok(()) => Ok(u.to_owned()),
+                Err(m) => Err(cx.report("http.url", m)),
+            }),
+    };
+    let headers = read_headers(cx, ht);
+    let body = opt(ht, "body", |v| {
+        cx.string(v, "http.body")
+            .and_then(|b| match template_pieces(b) {
+                Ok(_) => Ok(b.to_owned()),
+                Err(m) => Err(cx.report("http.body", m)),
+            })
+    });
+    let timeout = opt(ht, "timeout", |v| {
+        cx.duration(v, "http.timeout").and_then(|d| {
+            if d > MAX_HTTP_TIMEOUT {
                 Err(cx.report(
-                    "kind",
+                    "http.timeout",
                     format!(
-                        "{other:?} is not a kind; did you mean {:?}?",
-                        other.to_ascii_lowercase()
+                        "must be at most {}, got {}",
+                        HumanDuration(MAX_HTTP_TIMEOUT),
+                        HumanDuration(d)
                     ),
                 ))
-            } else if is_handler_name(other) {
-                Ok(JobKind::Handler(other.to_owned()))
             } else {
-                Err(cx.report(
-                    "kind",
-                    format!(
-                        "must be \"script\", \"http\" or a handler name (1-128 letters, digits, \
-                         '.', '_', '-' and ':'), got {other:?}"
-                    ),
-                ))
-            };
-            if command.is_some() {
-                return Err(cx.report(
-                    "command",
-                    format!("only applies to kind = \"script\", not {other:?}"),
+                Ok(d)
+            }
+        })
+    })
+    .map(|d| d.unwrap_or(DEFAULT_HTTP_TIMEOUT));
+    let accept = read_accept(cx, ht);
+    cx.unknown_fields(ht, HTTP_FIELDS, "http.");
+    let (method, body) = (method?, body?);
+    if method == HttpMethod::Head && body.is_some() {
+        return Err(cx.report("http.body", "not allowed with method HEAD"));
+    }
+    Ok(HttpSpec {
+        method,
+        url: url?,
+        headers: headers?,
+        body,
+        timeout: timeout?,
+        accept: accept?,
+    })
+}
+
+/// Checks the URL of an HTTP job. The messages do not repeat the URL, which may
+/// hold a secret in its query.
+fn check_http_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a valid absolute URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "must be an http:// or https:// URL, got scheme {:?}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not hold credentials (user:password@): put them in a header, such as \
+             Authorization, whose value is kept secret"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `name` is an HTTP header name (an RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn read_headers(cx: &mut Cx<'_>, ht: &Table) -> Result<BTreeMap<String, String>, Reported> {
+    let t = match get(ht, "headers") {
+        None => return Ok(BTreeMap::new()),
+        Some(Val::Table(t)) => t,
+        Some(other) => {
+            return Err(cx.wrong_type(
+                "http.headers",
+                "a table of strings such as { Authorization = \"Bearer ...\" }",
+                other,
+            ));
+        }
+    };
+    let mut headers = BTreeMap::new();
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let mut result = Ok(());
+    for (name, value) in t {
+        if !is_header_name(name) {
+            result = Err(cx.report(
+                "http.headers",
+                format!(
+                    "invalid header name {name:?}: must be one or more letters, digits and \
+                     !#$%&'*+-.^_`|~"
+                ),
+            ));
+            continue;
+        }
+        let field = format!("http.headers.{name}");
+        if let Some(reserved) = RESERVED_HEADERS
+            .iter()
+            .find(|r| r.eq_ignore_ascii_case(name))
+        {
+            result = Err(cx.report(&field, format!("{reserved} is set by shardcron")));
+            continue;
+        }
+        if let Some(first) = seen.insert(name.to_ascii_lowercase(), name) {
+            result = Err(cx.report(
+                &field,
+                format!("given twice (also as {first:?}; header names ignore letter case)"),
+            ));
+            continue;
+        }
+        match value {
+            // The value is a secret: messages never show it.
+            Val::Str(v) if v.chars().any(|c| c.is_control() && c != '\t') => {
+                result = Err(cx.report(
+                    &field,
+                    "must not contain control characters such as line breaks",
                 ));
             }
-            kind
+            Val::Str(v) => {
+                headers.insert(name.clone(), v.clone());
+            }
+            other => result = Err(cx.wrong_type(&field, "a string", other)),
         }
     }
+    result.map(|()| headers)
+}
+
+fn read_accept(cx: &mut Cx<'_>, ht: &Table) -> Result<Vec<StatusRange>, Reported> {
+    let items = match get(ht, "accept") {
+        None => return Ok(vec![StatusRange::SUCCESS]),
+        Some(Val::Array(items)) if items.is_empty() => {
+            return Err(cx.report(
+                "http.accept",
+                "must not be empty: list the status codes that mean success, such as [\"2xx\"]",
+            ));
+        }
+        Some(Val::Array(items)) => items,
+        Some(other) => {
+            return Err(cx.wrong_type(
+                "http.accept",
+                "an array of status codes, classes or ranges such as [200, \"3xx\", \"400-404\"]",
+                other,
+            ));
+        }
+    };
+    let mut accept = Vec::with_capacity(items.len());
+    let mut result = Ok(());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("http.accept[{i}]");
+        let range = match item {
+            Val::Int(n) => u16::try_from(*n)
+                .map_err(|_| format!("status codes are between 100 and 599, got {n}"))
+                .and_then(|c| StatusRange::new(c, c)),
+            Val::Str(text) => StatusRange::parse(text),
+            other => {
+                result = Err(cx.wrong_type(
+                    &field,
+                    "a status code such as 200 or a string such as \"2xx\" or \"200-204\"",
+                    other,
+                ));
+                continue;
+            }
+        };
+        match range {
+            Ok(r) => accept.push(r),
+            Err(m) => result = Err(cx.report(&field, m)),
+        }
+    }
+    result.map(|()| accept)
 }
 
 fn is_handler_name(name: &str) -> bool {
@@ -1989,12 +2659,21 @@ mod tests {
             one_problem(&job("timout = \"5s\"")),
             r#"job "x": timout: unknown field (did you mean "timeout"?)"#
         );
-        // HTTP fields are not defined yet.
+        // HTTP fields belong in the http table.
         assert_eq!(
-            one_problem(
+            problems(
                 "[[job]]\nname = \"x\"\nevery = \"5s\"\nkind = \"http\"\nurl = \"http://a\"\n"
             ),
-            r#"job "x": url: unknown field"#
+            [
+                r#"job "x": http: missing (required for kind = "http"), e.g. http = { url = "https://example.com/hook" }"#,
+                r#"job "x": url: unknown field"#,
+            ]
+        );
+        assert_eq!(
+            one_problem(
+                "[[job]]\nname = \"x\"\nevery = \"5s\"\nhttp = { url = \"http://a\", timout = \"1s\" }\n"
+            ),
+            r#"job "x": http.timout: unknown field (did you mean "timeout"?)"#
         );
         assert_eq!(
             one_problem(&job("retries = { max = 1, intial = \"2s\" }")),
@@ -2092,8 +2771,11 @@ mod tests {
     fn kinds_and_commands() {
         let base = "[[job]]\nname = \"x\"\nevery = \"5s\"\n";
         assert_eq!(
-            parse_one(&format!("{base}kind = \"http\"")).kind,
-            JobKind::Http
+            parse_one(&format!(
+                "{base}kind = \"http\"\nhttp = {{ url = \"http://a\" }}"
+            ))
+            .kind,
+            JobKind::Http(HttpSpec::new(HttpMethod::Get, "http://a"))
         );
         assert_eq!(
             parse_one(&format!("{base}kind = \"billing.settle\"")).kind,
@@ -2119,8 +2801,20 @@ mod tests {
                 "command: missing (required for kind = \"script\")",
             ),
             (
-                "kind = \"http\"\ncommand = [\"a\"]",
+                "kind = \"http\"\nhttp = { url = \"http://a\" }\ncommand = [\"a\"]",
                 "command: only applies to kind = \"script\", not \"http\"",
+            ),
+            (
+                "kind = \"h\"\nhttp = { url = \"http://a\" }",
+                "http: only applies to kind = \"http\", not \"h\"",
+            ),
+            (
+                "command = [\"a\"]\nhttp = { url = \"http://a\" }",
+                "http: only applies to kind = \"http\", not \"script\"",
+            ),
+            (
+                "kind = \"HTTP\"",
+                "kind: \"HTTP\" is not a kind; did you mean \"http\"?",
             ),
             (
                 "kind = \"h\"\ncommand = [\"a\"]",
@@ -2418,6 +3112,26 @@ mod tests {
         );
     }
 
+    fn full_http() -> HttpSpec {
+        HttpSpec {
+            method: HttpMethod::Post,
+            url: "https://example.com/hook?a=1".into(),
+            headers: [
+                ("Authorization".to_owned(), "Bearer s3cret".to_owned()),
+                ("X-Trace".to_owned(), "on\tyes".to_owned()),
+            ]
+            .into(),
+            body: Some("{\"item\": {{item}},\n \"fire\": \"{{ fire_time }}\"}".into()),
+            timeout: Duration::from_millis(120_500),
+            accept: vec![
+                StatusRange::new(200, 200).unwrap(),
+                StatusRange::new(204, 204).unwrap(),
+                StatusRange::new(300, 399).unwrap(),
+                StatusRange::new(400, 404).unwrap(),
+            ],
+        }
+    }
+
     fn sample_specs() -> Vec<JobSpec> {
         let name = |n: &str| JobName::new(n).unwrap();
         let script = JobKind::Script {
@@ -2465,7 +3179,7 @@ mod tests {
         let utc_cron = JobSpec::new(
             name("utc-cron"),
             Schedule::Cron(CronSchedule::parse("*/5 * * * *", None).unwrap()),
-            JobKind::Http,
+            JobKind::Http(HttpSpec::new(HttpMethod::Get, "http://127.0.0.1:8080/")),
         );
         let mut at = JobSpec::new(
             name("at"),
@@ -2485,7 +3199,7 @@ mod tests {
         let delay = JobSpec::new(
             name("delay"),
             Schedule::Delay(Duration::from_secs(600)),
-            JobKind::Http,
+            JobKind::Http(full_http()),
         );
         vec![minimal, full, utc_cron, at, manual, delay]
     }
@@ -2548,6 +3262,28 @@ mod tests {
         assert_eq!(specs[3].to_json()["at"], "2030-06-01T09:00:00.123456789Z");
         assert_eq!(specs[4].to_json()["manual"], true);
         assert_eq!(specs[5].to_json()["delay"], "10m");
+        assert_eq!(
+            specs[2].to_json()["http"],
+            serde_json::json!({
+                "method": "GET",
+                "url": "http://127.0.0.1:8080/",
+                "headers": {},
+                "timeout": "30s",
+                "accept": ["2xx"],
+            })
+        );
+        assert_eq!(
+            specs[5].to_json()["http"],
+            serde_json::json!({
+                "method": "POST",
+                "url": "https://example.com/hook?a=1",
+                "headers": { "Authorization": "Bearer s3cret", "X-Trace": "on\tyes" },
+                "body": "{\"item\": {{item}},\n \"fire\": \"{{ fire_time }}\"}",
+                "timeout": "2m500ms",
+                "accept": [200, 204, "3xx", "400-404"],
+            })
+        );
+        assert!(specs[0].to_json().get("http").is_none());
     }
 
     #[test]
@@ -2587,9 +3323,363 @@ enabled = true
         );
     }
 
+    /// A valid HTTP job named "x" whose http table is `http`.
+    fn http_job(http: &str) -> String {
+        format!("[[job]]\nname = \"x\"\nevery = \"5s\"\nkind = \"http\"\nhttp = {http}\n")
+    }
+
+    fn http_of(spec: &JobSpec) -> &HttpSpec {
+        match &spec.kind {
+            JobKind::Http(h) => h,
+            other => panic!("expected an http job, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn http_job_inline_and_sub_table() {
+        let inline = parse_one(
+            r#"
+            [[job]]
+            name = "ping"
+            every = "10s"
+            kind = "http"
+            http = { method = "POST", url = "https://example.com/hook", headers = { Authorization = "Bearer x" }, body = '{"item": {{item}}, "fire": "{{fire_time}}"}', timeout = "5s", accept = [200, 204] }
+            "#,
+        );
+        let expected = HttpSpec {
+            method: HttpMethod::Post,
+            url: "https://example.com/hook".into(),
+            headers: [("Authorization".to_owned(), "Bearer x".to_owned())].into(),
+            body: Some(r#"{"item": {{item}}, "fire": "{{fire_time}}"}"#.into()),
+            timeout: Duration::from_secs(5),
+            accept: vec![
+                StatusRange {
+                    first: 200,
+                    last: 200,
+                },
+                StatusRange {
+                    first: 204,
+                    last: 204,
+                },
+            ],
+        };
+        assert_eq!(http_of(&inline), &expected);
+
+        let sub_table = parse_one(
+            r#"
+            [[job]]
+            name = "ping"
+            every = "10s"
+            shards = 2
+
+            [job.http]
+            method = "post"
+            url = "https://example.com/hook"
+            body = '{"item": {{item}}, "fire": "{{fire_time}}"}'
+            timeout = "5s"
+            accept = ["200", 204]
+
+            [job.http.headers]
+            Authorization = "Bearer x"
+            "#,
+        );
+        // kind defaults to "http" when an http table is given.
+        assert_eq!(sub_table.kind, JobKind::Http(expected));
+        assert_eq!(sub_table.shards, 2);
+    }
+
+    #[test]
+    fn http_defaults() {
+        let spec = parse_one(&http_job("{ url = \"http://localhost:8080/x\" }"));
+        let http = http_of(&spec);
+        assert_eq!(
+            http,
+            &HttpSpec::new(HttpMethod::Get, "http://localhost:8080/x")
+        );
+        assert_eq!(http.method, HttpMethod::Get);
+        assert!(http.headers.is_empty());
+        assert_eq!(http.body, None);
+        assert_eq!(http.timeout, DEFAULT_HTTP_TIMEOUT);
+        assert_eq!(http.accept, [StatusRange::SUCCESS]);
+        assert!(http.accepts(200) && http.accepts(299));
+        assert!(!http.accepts(199) && !http.accepts(300) && !http.accepts(500));
+        for m in HttpMethod::ALL {
+            assert_eq!(HttpMethod::parse(m.as_str()), Some(m));
+            assert_eq!(HttpMethod::parse(&m.as_str().to_lowercase()), Some(m));
+        }
+        assert_eq!(HttpMethod::parse("CONNECT"), None);
+    }
+
+    #[test]
+    fn http_errors_name_the_field() {
+        let cases = [
+            (
+                "1",
+                "http: expected a table such as { url = \"https://example.com/hook\" }, got an integer",
+            ),
+            ("{}", "http.url: missing"),
+            ("{ url = 5 }", "http.url: expected a string, got an integer"),
+            (
+                "{ url = \"example.com/hook\" }",
+                "http.url: not a valid absolute URL: relative URL without a base",
+            ),
+            (
+                "{ url = \"ftp://example.com/x\" }",
+                "http.url: must be an http:// or https:// URL, got scheme \"ftp\"",
+            ),
+            (
+                "{ url = \"https://user:pw@example.com/\" }",
+                "http.url: must not hold credentials (user:password@): put them in a header, such as Authorization, whose value is kept secret",
+            ),
+            (
+                "{ url = \"http://a\", method = \"FETCH\" }",
+                "http.method: must be GET, POST, PUT, PATCH, DELETE or HEAD, got \"FETCH\"",
+            ),
+            (
+                "{ url = \"http://a\", headers = \"x\" }",
+                "http.headers: expected a table of strings such as { Authorization = \"Bearer ...\" }, got a string",
+            ),
+            (
+                "{ url = \"http://a\", headers = { \"a b\" = \"x\" } }",
+                "http.headers: invalid header name \"a b\": must be one or more letters, digits and !#$%&'*+-.^_`|~",
+            ),
+            (
+                "{ url = \"http://a\", headers = { X-Token = 1 } }",
+                "http.headers.X-Token: expected a string, got an integer",
+            ),
+            (
+                "{ url = \"http://a\", headers = { X-Token = \"s3cret\\nX-Evil: 1\" } }",
+                "http.headers.X-Token: must not contain control characters such as line breaks",
+            ),
+            (
+                "{ url = \"http://a\", headers = { x-shardcron-token = \"1\" } }",
+                "http.headers.x-shardcron-token: X-Shardcron-Token is set by shardcron",
+            ),
+            (
+                "{ url = \"http://a\", headers = { Content-Length = \"1\" } }",
+                "http.headers.Content-Length: Content-Length is set by shardcron",
+            ),
+            (
+                "{ url = \"http://a\", headers = { Accept = \"a\", accept = \"b\" } }",
+                "http.headers.accept: given twice (also as \"Accept\"; header names ignore letter case)",
+            ),
+            (
+                "{ url = \"http://a\", body = 1 }",
+                "http.body: expected a string, got an integer",
+            ),
+            (
+                "{ url = \"http://a\", body = \"{{itme}}\" }",
+                "http.body: unknown placeholder {{itme}} (did you mean {{item}}? known: job, item, total, item_param, param, fire_time, execution_id, instance, token, source, attempt)",
+            ),
+            (
+                "{ url = \"http://a\", body = \"{{ password }}\" }",
+                "http.body: unknown placeholder {{password}} (known: job, item, total, item_param, param, fire_time, execution_id, instance, token, source, attempt)",
+            ),
+            (
+                "{ url = \"http://a\", body = \"é {{item\" }",
+                "http.body: \"{{\" at character 3 is not closed by \"}}\"",
+            ),
+            (
+                "{ url = \"http://a\", method = \"HEAD\", body = \"x\" }",
+                "http.body: not allowed with method HEAD",
+            ),
+            (
+                "{ url = \"http://a\", timeout = 5 }",
+                "http.timeout: expected a duration string such as \"30s\", got an integer",
+            ),
+            (
+                "{ url = \"http://a\", timeout = \"0s\" }",
+                "http.timeout: must be greater than zero",
+            ),
+            (
+                "{ url = \"http://a\", timeout = \"2h\" }",
+                "http.timeout: must be at most 1h, got 2h",
+            ),
+            (
+                "{ url = \"http://a\", accept = [] }",
+                "http.accept: must not be empty: list the status codes that mean success, such as [\"2xx\"]",
+            ),
+            (
+                "{ url = \"http://a\", accept = 200 }",
+                "http.accept: expected an array of status codes, classes or ranges such as [200, \"3xx\", \"400-404\"], got an integer",
+            ),
+            (
+                "{ url = \"http://a\", accept = [200, 99] }",
+                "http.accept[1]: status codes are between 100 and 599, got 99",
+            ),
+            (
+                "{ url = \"http://a\", accept = [70000] }",
+                "http.accept[0]: status codes are between 100 and 599, got 70000",
+            ),
+            (
+                "{ url = \"http://a\", accept = [\"6xx\"] }",
+                "http.accept[0]: status codes are between 100 and 599, got 6xx",
+            ),
+            (
+                "{ url = \"http://a\", accept = [\"299-200\"] }",
+                "http.accept[0]: range 299-200 is reversed",
+            ),
+            (
+                "{ url = \"http://a\", accept = [\"ok\"] }",
+                "http.accept[0]: expected a status code such as 200, a class such as \"2xx\" or a range such as \"200-204\", got \"ok\"",
+            ),
+            (
+                "{ url = \"http://a\", accept = [true] }",
+                "http.accept[0]: expected a status code such as 200 or a string such as \"2xx\" or \"200-204\", got a boolean",
+            ),
+        ];
+        for (http, message) in cases {
+            assert_eq!(
+                one_problem(&http_job(http)),
+                format!("job \"x\": {message}"),
+                "{http}"
+            );
+        }
+        // Every problem of the table is reported at once.
+        assert_eq!(
+            problems(&http_job(
+                "{ method = \"GET \", timeout = \"1y\", accept = [1], extra = 1 }"
+            )),
+            [
+                r#"job "x": http.method: must be GET, POST, PUT, PATCH, DELETE or HEAD, got "GET ""#,
+                r#"job "x": http.url: missing"#,
+                r#"job "x": http.timeout: must be a duration like "30s", "5m" or "1h30m" (units ms, s, m, h, d), got "1y""#,
+                r#"job "x": http.accept[0]: status codes are between 100 and 599, got 1"#,
+                r#"job "x": http.extra: unknown field"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_header_value_never_appears_in_a_problem() {
+        let text = http_job(
+            "{ url = \"http://a\", headers = { Authorization = \"Bearer s3cret\\r\\n\" } }",
+        );
+        let e = JobFile::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains("http.headers.Authorization"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn status_ranges() {
+        for (text, first, last, shown) in [
+            ("204", 204, 204, "204"),
+            (" 2xx ", 200, 299, "2xx"),
+            ("5XX", 500, 599, "5xx"),
+            ("200-204", 200, 204, "200-204"),
+            ("100-599", 100, 599, "100-599"),
+            ("300-399", 300, 399, "3xx"),
+        ] {
+            let r = StatusRange::parse(text).unwrap();
+            assert_eq!((r.first, r.last), (first, last), "{text}");
+            assert_eq!(r.to_string(), shown);
+            assert_eq!(StatusRange::parse(shown), Ok(r));
+        }
+        for bad in [
+            "20", "2000", "x", "2x", "xx", "-", "200-", "+200", "0xx", "600",
+        ] {
+            assert!(StatusRange::parse(bad).is_err(), "{bad}");
+        }
+        let r = StatusRange::new(400, 404).unwrap();
+        assert!(r.contains(400) && r.contains(404) && !r.contains(405));
+    }
+
+    fn context() -> ShardingContext {
+        ShardingContext {
+            job: "ping".into(),
+            item: 3,
+            total: 8,
+            item_param: "eu".into(),
+            param: "p=1".into(),
+            fire_time: Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap(),
+            execution_id: "e-1".into(),
+            instance: "inst-a".into(),
+            token: 77,
+            source: crate::ExecutionSource::Retry,
+            attempt: 2,
+        }
+    }
+
+    #[test]
+    fn body_placeholders_are_filled_from_the_context() {
+        let mut http = HttpSpec::new(HttpMethod::Post, "http://a");
+        assert_eq!(http.render_body(&context()), Ok(None));
+        http.body = Some(
+            "{{job}}|{{item}}|{{total}}|{{item_param}}|{{param}}|{{fire_time}}|{{execution_id}}|{{instance}}|{{token}}|{{source}}|{{attempt}}|{{ item }}|{ }|}}"
+                .into(),
+        );
+        assert_eq!(
+            http.render_body(&context()),
+            Ok(Some(
+                "ping|3|8|eu|p=1|2030-01-02T03:04:05Z|e-1|inst-a|77|RETRY|2|3|{ }|}}".into()
+            ))
+        );
+        // Every placeholder is accepted by validation and has a value.
+        for name in HTTP_PLACEHOLDERS {
+            http.body = Some(format!("{{{{{name}}}}}"));
+            let rendered = http.render_body(&context()).unwrap().unwrap();
+            assert!(!rendered.is_empty() && !rendered.contains('{'), "{name}");
+        }
+        // A spec built in code with a bad template fails to render, naming it.
+        http.body = Some("{{nope}}".into());
+        assert!(
+            http.render_body(&context())
+                .unwrap_err()
+                .contains("{{nope}}")
+        );
+    }
+
+    #[test]
+    fn redaction_hides_header_values() {
+        let spec = sample_specs().remove(5);
+        let debug = format!("{spec:?} {:#?}", spec.kind);
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("Authorization"), "{debug}");
+        assert!(debug.contains(REDACTED), "{debug}");
+
+        let redacted = spec.redacted();
+        let json = redacted.to_json();
+        assert_eq!(
+            json["http"]["headers"],
+            serde_json::json!({ "Authorization": REDACTED, "X-Trace": REDACTED })
+        );
+        assert!(!json.to_string().contains("s3cret"));
+        // Everything else is unchanged.
+        assert_eq!(json["http"]["url"], spec.to_json()["http"]["url"]);
+        assert_eq!(json["http"]["body"], spec.to_json()["http"]["body"]);
+        assert_eq!(sample_specs()[0].redacted(), sample_specs()[0]);
+
+        // A redacted job sent back gets its stored values; changed ones are kept.
+        let mut edited = JobSpec::from_json_value(&json).unwrap();
+        if let JobKind::Http(h) = &mut edited.kind {
+            h.headers.insert("X-Trace".into(), "off".into());
+            h.headers.insert("X-New".into(), REDACTED.into());
+        }
+        edited.restore_redacted(&spec);
+        let headers = &http_of(&edited).headers;
+        assert_eq!(headers["Authorization"], "Bearer s3cret");
+        assert_eq!(headers["X-Trace"], "off");
+        assert_eq!(headers["X-New"], REDACTED);
+    }
+
+    #[test]
+    fn http_toml_form_reads_back() {
+        let spec = sample_specs().remove(5);
+        let text = spec.to_toml();
+        assert!(
+            text.contains("\nhttp = { accept = [200, 204, \"3xx\", \"400-404\"], body = "),
+            "{text}"
+        );
+        assert_eq!(parse_one(&text), spec);
+    }
+
     #[test]
     fn validate_catches_specs_a_file_cannot_hold() {
-        let mut spec = JobSpec::new(JobName::new("x").unwrap(), Schedule::Manual, JobKind::Http);
+        let mut spec = JobSpec::new(
+            JobName::new("x").unwrap(),
+            Schedule::Manual,
+            JobKind::Handler("h".into()),
+        );
         spec.shards = 2;
         spec.shard_params = [(1, "a,b".to_owned())].into();
         assert_eq!(spec.validate().unwrap_err().0[0].field, "shard_params");

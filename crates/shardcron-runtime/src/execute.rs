@@ -169,7 +169,7 @@ impl HistorySink for MemoryHistory {
 pub fn kind_name(kind: &JobKind) -> &str {
     match kind {
         JobKind::Script { .. } => "script",
-        JobKind::Http => "http",
+        JobKind::Http(_) => "http",
         JobKind::Handler(h) => h.as_str(),
     }
 }

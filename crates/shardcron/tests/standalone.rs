@@ -137,9 +137,11 @@ eval "last=\${$#}"
 echo "json=$last""#,
     );
     let config = jobs.join("shardcron.toml");
+    let port = free_port();
     std::fs::write(
         &config,
-        r#"
+        format!(
+            r#"
 [settings]
 name = "solo"
 
@@ -149,11 +151,17 @@ every = "1s"
 shards = 2
 shard_params = "0=a,1=b"
 command = ["./hello.sh"]
-"#,
+
+# Calls the node's own /health.
+[[job]]
+name = "self-check"
+every = "1s"
+http = {{ url = "http://127.0.0.1:{port}/health", accept = [200] }}
+"#
+        ),
     )
     .expect("config");
     let data = dir.path().join("data");
-    let port = free_port();
     let mut cmd = bin();
     cmd.args(["standalone", "--config"])
         .arg(&config)
@@ -181,6 +189,19 @@ command = ["./hello.sh"]
     assert!(
         node.log().contains("execution finished: job=hello"),
         "{}",
+        node.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || history(
+            &db,
+            &["--job", "self-check"]
+        )
+        .iter()
+        .any(|r| r["status"] == "SUCCEEDED"
+            && r["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("\"leader\":true")))),
+        "an http job ran against /health and kept its answer: {}",
         node.log()
     );
     let status = node.terminate();

@@ -10,7 +10,8 @@ use shardcron_core::clock::SystemClock;
 use shardcron_registry::{EtcdOptions, EtcdRegistry, EtcdTls, MemoryRegistry, Registry};
 use shardcron_runtime::script::{ScriptJob, ScriptOptions, Supervisor};
 use shardcron_runtime::{
-    ApplyOutcome, Cluster, Handlers, Instance, InstanceConfig, Runner, SchedulerOptions,
+    ApplyOutcome, Cluster, Handlers, HttpJob, HttpOptions, Instance, InstanceConfig, Runner,
+    SchedulerOptions,
 };
 use shardcron_store::{HistoryStore, HistoryWriter, WriterOptions};
 
@@ -95,7 +96,8 @@ fn instance_config(r: &Resolved) -> Result<InstanceConfig, CliError> {
         c.name = name.clone();
     }
     c.labels = r.labels.clone();
-    // Capabilities come from what this binary can run (the handlers below).
+    // Capabilities come from what this binary can run (the handlers below:
+    // script and http).
     c.capabilities = Vec::new();
     c.weight = r.weight;
     c.lease_ttl = r.lease_ttl;
@@ -138,7 +140,11 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
         .await
         .map_err(|e| CliError::Failed(anyhow::anyhow!("history spool: {e}")))?;
 
-    let handlers = Handlers::new().register("script", ScriptJob::new(script_options(&resolved)));
+    let http = HttpJob::new(HttpOptions::default())
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot set up the HTTP job client: {e}")))?;
+    let handlers = Handlers::new()
+        .register("script", ScriptJob::new(script_options(&resolved)))
+        .register("http", http);
     let runner = Runner {
         handlers,
         history: Arc::new(writer.clone()),
