@@ -1203,6 +1203,9 @@ async fn campaign(shared: &Arc<Shared>, s: &Session) -> Result<Option<i64>> {
     Ok(None)
 }
 
+/// The leader looks for dead holders' runs at most this often.
+const FAILOVER_CHECK_EVERY: Duration = Duration::from_millis(50);
+
 /// Leader duties, until leadership or the session is lost.
 async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
     let mut stop = shared.stop.subscribe();
@@ -1216,6 +1219,10 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
     let mut cache = SelectorCache::default();
     let mut dead_since = std::collections::HashMap::new();
     let mut last_unplaced = tokio::time::Instant::now();
+    // Work is driven by what changed: run keys change on every claim and release
+    // (thousands a second), and must not make the leader walk every job each time.
+    let (mut need_publish, mut need_failover) = (true, true);
+    let mut last_failover = tokio::time::Instant::now();
     loop {
         if shared.stopped() || !shared.may_act() {
             return;
@@ -1228,25 +1235,38 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
         if !still && shared.mirrors.leader.revision() >= token {
             return;
         }
-        match publish_generation(shared, token, &mut cache).await {
-            Ok(Some(n)) => shared.emit(InstanceEvent::Published { number: n }),
-            Ok(None) => {}
-            Err(Error::Conflict(_)) => return,
-            Err(e) => tracing::debug!(error = %e, "publishing the generation failed"),
+        if std::mem::take(&mut need_publish) {
+            match publish_generation(shared, token, &mut cache).await {
+                Ok(Some(n)) => shared.emit(InstanceEvent::Published { number: n }),
+                Ok(None) => {}
+                Err(Error::Conflict(_)) => return,
+                Err(e) => {
+                    need_publish = true;
+                    tracing::debug!(error = %e, "publishing the generation failed");
+                }
+            }
+            if let Err(e) = collect_garbage(shared).await {
+                tracing::debug!(error = %e, "garbage collection failed");
+            }
         }
-        if let Err(e) = crate::scheduler::fail_over_dead_runs(
-            shared,
-            token,
-            shared.history.as_ref(),
-            shared.scheduler.lock_delay,
-            &mut dead_since,
-        )
-        .await
-        {
-            tracing::debug!(error = %e, "failover check failed");
-        }
-        if let Err(e) = collect_garbage(shared).await {
-            tracing::debug!(error = %e, "garbage collection failed");
+        // At most every 50 ms: a burst of run-key changes is looked at once.
+        if need_failover && last_failover.elapsed() >= FAILOVER_CHECK_EVERY {
+            need_failover = false;
+            last_failover = tokio::time::Instant::now();
+            if let Err(e) = crate::scheduler::fail_over_dead_runs(
+                shared,
+                token,
+                shared.history.as_ref(),
+                shared.scheduler.lock_delay,
+                &mut dead_since,
+            )
+            .await
+            {
+                tracing::debug!(error = %e, "failover check failed");
+            }
+            if !dead_since.is_empty() {
+                need_failover = true;
+            }
         }
         if last_unplaced.elapsed() >= Duration::from_secs(1) {
             last_unplaced = tokio::time::Instant::now();
@@ -1267,20 +1287,27 @@ async fn lead(shared: &Arc<Shared>, s: &Session, token: i64) {
                 }
             }
         }
+        let idle = if need_failover {
+            FAILOVER_CHECK_EVERY.saturating_sub(last_failover.elapsed())
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             _ = stop.changed() => return,
-            _ = inst.changed() => {}
-            _ = flags.changed() => {}
-            _ = gen_rx.changed() => {}
-            _ = jobs_rx.changed() => {}
-            _ = runs_rx.changed() => {}
-            _ = lead_rx.changed() => {}
+            _ = inst.changed() => { need_publish = true; need_failover = true; }
+            _ = flags.changed() => need_publish = true,
+            _ = gen_rx.changed() => need_publish = true,
+            _ = jobs_rx.changed() => need_publish = true,
+            _ = runs_rx.changed() => need_failover = true,
+            _ = lead_rx.changed() => need_publish = true,
             _ = sess.changed() => return,
-            () = tokio::time::sleep(if dead_since.is_empty() {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_millis(100)
-            }) => {}
+            () = tokio::time::sleep(idle) => {
+                if !need_failover {
+                    // The periodic pass: everything, as a reconcile.
+                    need_publish = true;
+                    need_failover = true;
+                }
+            }
         }
     }
 }

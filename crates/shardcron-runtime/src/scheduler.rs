@@ -109,6 +109,8 @@ pub(crate) struct Scheduler {
     /// the order they started waiting (first come, first served).
     capped: BTreeMap<(String, u32), u64>,
     cap_seq: u64,
+    /// Items whose fire waits for a run key to disappear.
+    blocked: HashSet<(String, u32)>,
     jobs: HashMap<String, (i64, JobSpec)>,
     running: RunningMap,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -194,6 +196,7 @@ impl Scheduler {
             recheck: BTreeSet::new(),
             capped: BTreeMap::new(),
             cap_seq: 0,
+            blocked: HashSet::new(),
             jobs: HashMap::new(),
             running: shared.running.clone(),
             done_tx,
@@ -247,6 +250,7 @@ impl Scheduler {
                 self.timers.clear();
                 self.timer_at.clear();
                 self.capped.clear();
+                self.blocked.clear();
                 dirty = true;
             }
             if identity.is_some() && self.shared.may_act() {
@@ -371,6 +375,7 @@ impl Scheduler {
         self.timer_at.retain(|k, _| now_owned.contains(k));
         self.recheck.retain(|k| now_owned.contains(k));
         self.capped.retain(|k, _| now_owned.contains(k));
+        self.blocked.retain(|k| now_owned.contains(k));
         if self.owned != now_owned {
             // Pending manual triggers may now name items we own.
             self.handled_triggers.clear();
@@ -408,12 +413,22 @@ impl Scheduler {
     }
 
     /// Items whose run key just disappeared may have fires waiting.
+    /// Items blocked by a run key (of another holder, or a delay schedule waiting
+    /// for a completion) are looked at again once that key is gone. Only those:
+    /// run keys change on every claim and release.
     fn recheck_blocked(&mut self) {
         let runs = &self.shared.mirrors().runs;
-        for (job, item) in &self.owned {
-            if runs.get(&keys::run(job, *item)).is_none() && !self.running_item(job, *item) {
-                self.recheck.insert((job.clone(), *item));
-            }
+        let freed: Vec<(String, u32)> = self
+            .blocked
+            .iter()
+            .filter(|(job, item)| {
+                runs.get(&keys::run(job, *item)).is_none() && !self.running_item(job, *item)
+            })
+            .cloned()
+            .collect();
+        for key in freed {
+            self.blocked.remove(&key);
+            self.recheck.insert(key);
         }
     }
 
@@ -553,7 +568,9 @@ impl Scheduler {
                     return Ok(());
                 }
                 if last.fire.is_some_and(|f| f >= due) {
-                    // Decided already and not completed yet: wait for completion.
+                    // Decided already and not completed yet: wait for completion
+                    // (the run key's disappearance).
+                    self.blocked.insert((job.to_string(), item));
                     return Ok(());
                 }
                 misfire::Decision {
@@ -616,6 +633,8 @@ impl Scheduler {
                 self.start_run(&spec, item, fire_time, source, 1, token, execution);
             }
             Claim::Busy => {
+                // Decided again when the run key that blocks it disappears.
+                self.blocked.insert((job.to_string(), item));
                 if spec.misfire == MisfirePolicy::Skip {
                     // A fire that finds its item still running is dropped, on record;
                     // so are the missed fires decided with it.
