@@ -18,6 +18,10 @@ pub enum Mechanism {
     /// Self-fencing: stopping claims and cancelling runs when the lease is not
     /// trusted any more.
     SelfFence,
+    /// The claim's "fire key absent" compare (one claim per fire, I2).
+    FireKeyCheck,
+    /// The claim's compare-and-advance of the item's last-fire state (I2).
+    LastCompare,
 }
 
 impl Mechanism {
@@ -27,6 +31,8 @@ impl Mechanism {
             Mechanism::RunKeyCheck => 1,
             Mechanism::RegistrationCompare => 2,
             Mechanism::SelfFence => 4,
+            Mechanism::FireKeyCheck => 8,
+            Mechanism::LastCompare => 16,
         }
     }
 }

@@ -788,7 +788,6 @@ impl Scheduler {
         let mut txn = when_registered(Txn::new(), &me, reg_rev)
             .when(Compare::mod_revision_is(keys::generation(), gen_rev))
             .when(Compare::mod_revision_is(keys::job(job), job_rev))
-            .when(Compare::absent(fire_key.clone()))
             .and_then(TxnOp::put_with_lease(
                 fire_key.clone(),
                 encode(&FireClaim {
@@ -804,7 +803,12 @@ impl Scheduler {
         if !failpoints::removed(failpoints::Mechanism::RunKeyCheck) {
             txn = txn.when(Compare::absent(run_key.clone()));
         }
-        if let Some((last_rev, new_last)) = last {
+        if !failpoints::removed(failpoints::Mechanism::FireKeyCheck) {
+            txn = txn.when(Compare::absent(fire_key.clone()));
+        }
+        if let Some((last_rev, new_last)) = last
+            && !failpoints::removed(failpoints::Mechanism::LastCompare)
+        {
             let last_key = keys::last(job, item);
             txn = txn
                 .when(Compare::mod_revision_is(last_key.clone(), last_rev))

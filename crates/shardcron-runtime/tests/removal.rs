@@ -2,7 +2,10 @@
 //! reports a violation when a test switch removes one of them (failpoints
 //! feature). The run-key check is what keeps a new owner from starting an item
 //! whose previous run still goes on (I1); self-fencing is what stops a holder whose
-//! keep-alives stalled before its fire is failed over (I1).
+//! keep-alives stalled before its fire is failed over (I1); the fire key and the
+//! claim's compare-and-advance of `last` each keep a new owner from claiming a fire
+//! that its previous owner claimed (I2: either one suffices, so the test removes
+//! one, then the other, then both).
 //!
 //! The switches are process-wide: the tests of this file take a lock, so that they
 //! also hold under `cargo test`, which runs them as threads of one process.
@@ -16,7 +19,7 @@ use std::time::Duration;
 use common::{Backend, Env, Recorder, Seen, Stall, config, create_job, eventually, runner};
 use shardcron_core::ExecutionSource;
 use shardcron_registry::conformance::Intercept;
-use shardcron_runtime::failpoints::{self, Mechanism};
+use shardcron_runtime::failpoints::{self, Action, Mechanism};
 use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
 use tokio::sync::{Mutex, MutexGuard};
@@ -171,5 +174,100 @@ async fn without_self_fencing_a_stalled_holder_overlaps_its_failover() {
     assert!(
         overlapped,
         "without self-fencing the holder's run goes on during the failover run"
+    );
+}
+
+/// `a` claims both items of a fire and pauses before running them; `b` joins, owns
+/// one of them and looks at it while `a` is paused; then `a` runs and releases.
+/// Returns how many runs the one fire of each item had (1 each is right).
+async fn generation_change_after_claim() -> Vec<usize> {
+    let env = Env::new(Backend::Memory).await;
+    create_job(
+        &env,
+        "[[job]]\nname = \"gen\"\nevery = \"1h\"\nshards = 2\nkind = \"slow\"\n",
+    )
+    .await;
+    let job = Recorder::new(Duration::from_millis(300));
+    let h = Arc::new(MemoryHistory::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let name = format!("paused{}", std::process::id());
+    let scope = format!("{name}-");
+    failpoints::set("after_claim", &scope, Action::Pause(gate.clone()));
+    let a = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config(&name),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("a");
+    let reg = env.connect().await;
+    common::eventually_async("a claimed both items", T, || {
+        let reg = reg.clone();
+        async move {
+            reg.get(b"run/gen/0").await.expect("get").is_some()
+                && reg.get(b"run/gen/1").await.expect("get").is_some()
+        }
+    })
+    .await;
+    let b = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("b");
+    eventually("b owns an item and may fire", T, || {
+        !b.my_items("gen").is_empty() && b.skew().allows_firing()
+    })
+    .await;
+    // b evaluates its new item while a's claim is paused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gate.add_permits(2);
+    failpoints::clear("after_claim", &scope);
+    eventually("both claimed fires ran", T, || job.seen().len() >= 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop((a, b));
+    let seen = job.seen();
+    (0..2u32)
+        .map(|item| seen.iter().filter(|r| r.item == item).count())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fire_key_and_the_last_compare_each_keep_a_fire_to_one_claim() {
+    let _g = serial().await;
+    // Without the run-key check, `b` may claim while `a`'s claim of the same fire
+    // is paused; then only the fire key and `last` stand in its way.
+    failpoints::remove(Mechanism::RunKeyCheck);
+    let mut outcomes = Vec::new();
+    for removed in [
+        vec![],
+        vec![Mechanism::FireKeyCheck],
+        vec![Mechanism::LastCompare],
+        vec![Mechanism::FireKeyCheck, Mechanism::LastCompare],
+    ] {
+        for m in &removed {
+            failpoints::remove(*m);
+        }
+        let runs = generation_change_after_claim().await;
+        for m in &removed {
+            failpoints::restore(*m);
+        }
+        outcomes.push((removed, runs));
+    }
+    failpoints::restore(Mechanism::RunKeyCheck);
+    for (removed, runs) in &outcomes[..3] {
+        assert_eq!(
+            runs,
+            &vec![1, 1],
+            "with {removed:?} removed, the other guard keeps one claim per fire"
+        );
+    }
+    let (_, both) = &outcomes[3];
+    assert!(
+        both.iter().any(|n| *n > 1),
+        "without the fire key and the last compare, the new owner claims the fire again (I2): {both:?}"
     );
 }
