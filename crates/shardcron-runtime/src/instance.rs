@@ -424,8 +424,16 @@ impl Instance {
         tokio::spawn(watch_instances(shared.clone()));
         tokio::spawn(watch_requests(shared.clone()));
         if let Some(r) = runner {
-            let scheduler = Scheduler::new(shared.clone(), r.handlers, r.history, r.options);
-            tokio::spawn(scheduler.run());
+            for partition in 0..r.options.partitions.max(1) {
+                let scheduler = Scheduler::new(
+                    shared.clone(),
+                    r.handlers.clone(),
+                    r.history.clone(),
+                    r.options.clone(),
+                    partition,
+                );
+                tokio::spawn(scheduler.run());
+            }
         }
         Ok(Instance { shared })
     }

@@ -59,6 +59,11 @@ pub struct SchedulerOptions {
     pub tick: Duration,
     /// Fire keys live at least this long (their horizon lease is twice this).
     pub dedup_horizon: Duration,
+    /// Trigger loops per instance (at least 1). Each owns the jobs whose name
+    /// hashes to it and evaluates their due items one at a time, so this many
+    /// claims can be in flight at once: the registry's group commit (embedded) or
+    /// etcd's pipelining then carries several claims per disk sync.
+    pub partitions: usize,
 }
 
 impl Default for SchedulerOptions {
@@ -68,6 +73,7 @@ impl Default for SchedulerOptions {
             lock_delay: Duration::from_millis(500),
             tick: Duration::from_millis(50),
             dedup_horizon: Duration::from_secs(3600),
+            partitions: 32,
         }
     }
 }
@@ -95,6 +101,8 @@ struct Done {
 
 /// The trigger loop of one instance.
 pub(crate) struct Scheduler {
+    /// Which trigger loop this is (of `opts.partitions`).
+    partition: usize,
     shared: Arc<Shared>,
     handlers: Handlers,
     history: Arc<dyn HistorySink>,
@@ -178,14 +186,17 @@ enum Claim {
 }
 
 impl Scheduler {
+    /// Trigger loop `partition` of `opts.partitions`.
     pub(crate) fn new(
         shared: Arc<Shared>,
         handlers: Handlers,
         history: Arc<dyn HistorySink>,
         opts: SchedulerOptions,
+        partition: usize,
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Scheduler {
+            partition,
             shared: shared.clone(),
             handlers,
             history,
@@ -327,10 +338,16 @@ impl Scheduler {
         let Some((me, _)) = self.shared.current_session() else {
             return;
         };
+        // Every item of a job is in one trigger loop (so that `max_concurrent` is
+        // enforced in one place): the one its name hashes to.
+        let partitions = self.opts.partitions.max(1) as u64;
+        let mine = |name: &str| {
+            shardcron_core::hash::stable_hash(name.as_bytes()) % partitions == self.partition as u64
+        };
         let names: Vec<String> = self.shared.mirrors().jobs.read(|m| {
             m.keys()
                 .filter_map(|k| match Key::parse(k) {
-                    Key::Job(j) => Some(j),
+                    Key::Job(j) if mine(&j) => Some(j),
                     _ => None,
                 })
                 .collect()
