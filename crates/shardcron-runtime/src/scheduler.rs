@@ -341,13 +341,16 @@ impl Scheduler {
         // Every item of a job is in one trigger loop (so that `max_concurrent` is
         // enforced in one place): the one its name hashes to.
         let partitions = self.opts.partitions.max(1) as u64;
-        let mine = |name: &str| {
-            shardcron_core::hash::stable_hash(name.as_bytes()) % partitions == self.partition as u64
+        let mine = |name: &[u8]| {
+            shardcron_core::hash::stable_hash(name) % partitions == self.partition as u64
         };
+        // Hash the raw key first: only this loop's jobs are parsed (a reconcile
+        // looks at every job key, in each of the loops).
         let names: Vec<String> = self.shared.mirrors().jobs.read(|m| {
             m.keys()
+                .filter(|k| k.strip_prefix(keys::JOBS.as_bytes()).is_some_and(mine))
                 .filter_map(|k| match Key::parse(k) {
-                    Key::Job(j) if mine(&j) => Some(j),
+                    Key::Job(j) => Some(j),
                     _ => None,
                 })
                 .collect()
