@@ -62,7 +62,7 @@
 //! - TLS uses rustls with the bundled web PKI roots; there is no setting for a
 //!   private CA or client certificates yet.
 
-use std::collections::VecDeque;
+use crate::tail::Tail;
 use std::fmt::Write as _;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -336,87 +336,9 @@ fn ascii_json(json: &str) -> String {
     out
 }
 
-/// The last `limit` bytes of a response body, and how many came before them.
-#[derive(Debug)]
-struct Tail {
-    limit: usize,
-    buf: VecDeque<u8>,
-    dropped: u64,
-}
-
-impl Tail {
-    fn new(limit: usize) -> Self {
-        Tail {
-            limit,
-            buf: VecDeque::new(),
-            dropped: 0,
-        }
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        if data.len() >= self.limit {
-            self.dropped += (self.buf.len() + data.len() - self.limit) as u64;
-            self.buf.clear();
-            self.buf.extend(&data[data.len() - self.limit..]);
-        } else {
-            self.buf.extend(data);
-            let excess = self.buf.len().saturating_sub(self.limit);
-            self.buf.drain(..excess);
-            self.dropped += excess as u64;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.dropped == 0
-    }
-
-    /// The kept bytes as text, starting at a character boundary when the start was
-    /// cut, after a line saying how much was dropped.
-    fn text(&self) -> String {
-        let (a, b) = self.buf.as_slices();
-        let mut bytes = Vec::with_capacity(self.buf.len());
-        bytes.extend_from_slice(a);
-        bytes.extend_from_slice(b);
-        if self.dropped == 0 {
-            return String::from_utf8_lossy(&bytes).into_owned();
-        }
-        // Skip the continuation bytes of a character whose start was dropped.
-        let skip = bytes
-            .iter()
-            .take(3)
-            .take_while(|&&b| b & 0xC0 == 0x80)
-            .count();
-        format!(
-            "[... {} earlier bytes not kept]\n{}",
-            self.dropped + skip as u64,
-            String::from_utf8_lossy(&bytes[skip..])
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tail_keeps_the_end_at_a_character_boundary() {
-        let mut t = Tail::new(5);
-        t.push(b"ab");
-        assert_eq!(t.text(), "ab");
-        t.push(b"cdefg");
-        assert_eq!(t.text(), "[... 2 earlier bytes not kept]\ncdefg");
-        t.push(&[b'x'; 100]);
-        assert_eq!(
-            t.text(),
-            format!("[... 102 earlier bytes not kept]\n{}", "x".repeat(5))
-        );
-        let mut t = Tail::new(3);
-        t.push("a€".as_bytes()); // € is 3 bytes: 1 + 3 = 4, the first byte goes
-        assert_eq!(t.text(), "[... 1 earlier bytes not kept]\n€");
-        t.push(b"b"); // 2 continuation bytes of € remain: skipped
-        assert_eq!(t.text(), "[... 4 earlier bytes not kept]\nb");
-        assert!(Tail::new(4).is_empty());
-    }
 
     #[test]
     fn ascii_json_escapes_non_ascii() {

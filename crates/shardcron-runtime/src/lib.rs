@@ -23,6 +23,7 @@ pub mod model;
 pub mod scheduler;
 pub mod script;
 pub mod skew;
+mod tail;
 
 pub use cluster::{ApplyOutcome, Cluster, StoredJob};
 pub use error::{Error, Result};

@@ -101,7 +101,7 @@
 //!
 //! [`CANCEL_GRACE`]: crate::scheduler::CANCEL_GRACE
 
-use std::collections::VecDeque;
+use crate::tail::Tail;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::future::Future;
@@ -660,64 +660,6 @@ fn describe(status: ExitStatus, supervised: bool) -> String {
     }
 }
 
-/// The last `limit` bytes of a stream, and how many came before them.
-#[derive(Debug)]
-struct Tail {
-    limit: usize,
-    buf: VecDeque<u8>,
-    dropped: u64,
-}
-
-impl Tail {
-    fn new(limit: usize) -> Self {
-        Tail {
-            limit,
-            buf: VecDeque::new(),
-            dropped: 0,
-        }
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        if data.len() >= self.limit {
-            self.dropped += (self.buf.len() + data.len() - self.limit) as u64;
-            self.buf.clear();
-            self.buf.extend(&data[data.len() - self.limit..]);
-        } else {
-            self.buf.extend(data);
-            let excess = self.buf.len().saturating_sub(self.limit);
-            self.buf.drain(..excess);
-            self.dropped += excess as u64;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.dropped == 0
-    }
-
-    /// The kept bytes as text, starting at a character boundary when the start was
-    /// cut, after a line saying how much was dropped.
-    fn text(&self) -> String {
-        let (a, b) = self.buf.as_slices();
-        let mut bytes = Vec::with_capacity(self.buf.len());
-        bytes.extend_from_slice(a);
-        bytes.extend_from_slice(b);
-        if self.dropped == 0 {
-            return String::from_utf8_lossy(&bytes).into_owned();
-        }
-        // Skip the continuation bytes of a character whose start was dropped.
-        let skip = bytes
-            .iter()
-            .take(3)
-            .take_while(|&&b| b & 0xC0 == 0x80)
-            .count();
-        format!(
-            "[... {} earlier bytes not kept]\n{}",
-            self.dropped + skip as u64,
-            String::from_utf8_lossy(&bytes[skip..])
-        )
-    }
-}
-
 /// The `shardcron __supervise -- <command> <args...>` process (see the
 /// [module docs](self)); `args` are the arguments after `__supervise`.
 ///
@@ -841,38 +783,6 @@ fn exit_code(status: ExitStatus) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tail_keeps_the_end_across_pushes() {
-        let mut t = Tail::new(5);
-        t.push(b"abc");
-        assert_eq!(t.text(), "abc");
-        t.push(b"defg");
-        assert_eq!(t.text(), "[... 2 earlier bytes not kept]\ncdefg");
-        t.push(b"0123456789");
-        assert_eq!(t.text(), "[... 12 earlier bytes not kept]\n56789");
-        assert_eq!(t.buf.len(), 5);
-    }
-
-    #[test]
-    fn tail_starts_at_a_character_boundary() {
-        let mut t = Tail::new(3);
-        // "é" is two bytes: the cut leaves the second byte of the first one.
-        t.push("aéé".as_bytes());
-        assert_eq!(t.text(), "[... 3 earlier bytes not kept]\né");
-        let mut t = Tail::new(5);
-        t.push("€€".as_bytes());
-        // "€" is three bytes: two continuation bytes are skipped.
-        assert_eq!(t.text(), "[... 3 earlier bytes not kept]\n€");
-    }
-
-    #[test]
-    fn zero_limit_keeps_nothing_but_counts() {
-        let mut t = Tail::new(0);
-        t.push(b"abc");
-        assert!(!t.is_empty());
-        assert_eq!(t.text(), "[... 3 earlier bytes not kept]\n");
-    }
 
     #[test]
     fn exit_codes_follow_the_shell_convention() {
