@@ -6,14 +6,15 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{Backend, Env, Recorder, Seen, Stall, config, create_job, eventually, runner};
+use common::{
+    Backend, Env, Recorder, Seen, StalledHolder, config, create_job, eventually, runner,
+    stall_a_holder,
+};
 use shardcron_core::execution::SkipReason;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
-use shardcron_registry::conformance::Intercept;
 use shardcron_runtime::failpoints::{self, Action};
 use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
@@ -162,44 +163,13 @@ async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend
 
 async fn a_stalled_keep_alive_fences_before_the_lease_can_expire(b: Backend) {
     let env = Env::new(b).await;
-    let job = Recorder::new(Duration::from_secs(3600));
-    let h = Arc::new(MemoryHistory::new());
-    let stall = Arc::new(Intercept {
-        inner: env.connect().await,
-        hooks: Stall::default(),
-    });
-    let a = Instance::start_with(
-        stall.clone(),
-        env.clock(),
-        config("a"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("a");
-    create_job(
-        &env,
-        "[[job]]\nname = \"fence\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
-    )
-    .await;
-    let reg = env.connect().await;
-    common::eventually_async("the run started", T, || {
-        let reg = reg.clone();
-        async move { reg.get(b"run/fence/0").await.expect("get").is_some() }
-    })
-    .await;
-    let other = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("b"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("b");
-    eventually("a keep-alive was acknowledged", T, || {
-        stall.hooks.last_ack.lock().expect("ack").is_some()
-    })
-    .await;
-    stall.hooks.stalled.store(true, Ordering::SeqCst);
+    let StalledHolder {
+        job,
+        h,
+        stall,
+        a,
+        other,
+    } = stall_a_holder(&env).await;
     eventually("the stalled instance cancelled its run", T, || {
         job.seen().iter().any(|r| r.cancelled)
     })

@@ -13,12 +13,13 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Backend, Env, Recorder, Seen, Stall, config, create_job, eventually, runner};
+use common::{
+    Backend, Env, Recorder, Seen, StalledHolder, config, create_job, eventually, runner,
+    stall_a_holder,
+};
 use shardcron_core::ExecutionSource;
-use shardcron_registry::conformance::Intercept;
 use shardcron_runtime::failpoints::{self, Action, Mechanism};
 use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
@@ -108,44 +109,9 @@ async fn without_the_run_key_check_a_new_owner_overlaps_the_running_holder() {
 /// the failover run started.
 async fn stalled_holder_still_running_at_failover() -> bool {
     let env = Env::new(Backend::Memory).await;
-    let job = Recorder::new(Duration::from_secs(3600));
-    let h = Arc::new(MemoryHistory::new());
-    let stall = Arc::new(Intercept {
-        inner: env.connect().await,
-        hooks: Stall::default(),
-    });
-    let a = Instance::start_with(
-        stall.clone(),
-        env.clock(),
-        config("a"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("a");
-    create_job(
-        &env,
-        "[[job]]\nname = \"fence\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
-    )
-    .await;
-    let reg = env.connect().await;
-    common::eventually_async("the run started", T, || {
-        let reg = reg.clone();
-        async move { reg.get(b"run/fence/0").await.expect("get").is_some() }
-    })
-    .await;
-    let other = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("b"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("b");
-    eventually("a keep-alive was acknowledged", T, || {
-        stall.hooks.last_ack.lock().expect("ack").is_some()
-    })
-    .await;
-    stall.hooks.stalled.store(true, Ordering::SeqCst);
+    let StalledHolder {
+        job, h, a, other, ..
+    } = stall_a_holder(&env).await;
     eventually("the fire is failed over", T, || {
         h.events()
             .iter()

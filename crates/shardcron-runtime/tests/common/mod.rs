@@ -17,8 +17,8 @@ use shardcron_registry::{
     EtcdOptions, EtcdRegistry, MemoryRegistry, Registry, Txn, TxnOp, TxnResponse,
 };
 use shardcron_runtime::{
-    Cluster, Handlers, HistorySink, Instance, InstanceConfig, JobContext, JobError, Runner,
-    SchedulerOptions, SimpleJob,
+    Cluster, Handlers, HistorySink, Instance, InstanceConfig, JobContext, JobError, MemoryHistory,
+    Runner, SchedulerOptions, SimpleJob,
 };
 use shardcron_testkit::EtcdServer;
 
@@ -279,5 +279,64 @@ impl shardcron_registry::conformance::Hooks for Stall {
             *self.last_ack.lock().expect("ack") = Some(sent);
         }
         r
+    }
+}
+
+/// `a`, whose keep-alives go through [`Stall`], holds the (hour-long) run of job
+/// `fence`; `other` has joined; then `a`'s keep-alives stall.
+pub struct StalledHolder {
+    pub job: Recorder,
+    pub h: Arc<MemoryHistory>,
+    pub stall: Arc<shardcron_registry::conformance::Intercept<Stall>>,
+    pub a: Instance,
+    pub other: Instance,
+}
+
+pub async fn stall_a_holder(env: &Env) -> StalledHolder {
+    const T: Duration = Duration::from_secs(20);
+    let job = Recorder::new(Duration::from_secs(3600));
+    let h = Arc::new(MemoryHistory::new());
+    let stall = Arc::new(shardcron_registry::conformance::Intercept {
+        inner: env.connect().await,
+        hooks: Stall::default(),
+    });
+    let a = Instance::start_with(
+        stall.clone(),
+        env.clock(),
+        config("a"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("a");
+    create_job(
+        env,
+        "[[job]]\nname = \"fence\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
+    )
+    .await;
+    let reg = env.connect().await;
+    eventually_async("the run started", T, || {
+        let reg = reg.clone();
+        async move { reg.get(b"run/fence/0").await.expect("get").is_some() }
+    })
+    .await;
+    let other = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("b");
+    eventually("a keep-alive was acknowledged", T, || {
+        stall.hooks.last_ack.lock().expect("ack").is_some()
+    })
+    .await;
+    stall.hooks.stalled.store(true, Ordering::SeqCst);
+    StalledHolder {
+        job,
+        h,
+        stall,
+        a,
+        other,
     }
 }
