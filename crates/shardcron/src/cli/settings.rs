@@ -60,13 +60,13 @@ pub(crate) struct NodeFlags {
     #[arg(long, env = "SHARDCRON_NAME", value_name = "NAME")]
     pub(crate) name: Option<String>,
     /// Labels that jobs select on: k=v,k2=v2
-    #[arg(long, env = "SHARDCRON_LABELS", value_name = "K=V,...", value_parser = parse_labels_flag)]
+    #[arg(long, env = "SHARDCRON_LABELS", value_name = "K=V,...", value_parser = parse_labels)]
     pub(crate) labels: Option<BTreeMap<String, String>>,
     /// Relative capacity for the weighted strategy, 1 to 10000. Default: 1
     #[arg(long, env = "SHARDCRON_WEIGHT", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) weight: Option<u32>,
     /// Registry lease TTL, at least 2s. Default: 5s
-    #[arg(long, env = "SHARDCRON_LEASE_TTL", value_name = "DURATION", value_parser = parse_ttl_flag)]
+    #[arg(long, env = "SHARDCRON_LEASE_TTL", value_name = "DURATION", value_parser = parse_ttl)]
     pub(crate) lease_ttl: Option<Duration>,
     /// Directories scripts may run from, colon-separated absolute paths.
     /// Default: the config file's [scripts] allow, else the config file's directory.
@@ -100,10 +100,6 @@ pub(crate) struct AgentFlags {
     pub(crate) registry_key: Option<PathBuf>,
 }
 
-fn parse_labels_flag(s: &str) -> Result<BTreeMap<String, String>, String> {
-    parse_labels(s)
-}
-
 /// `k=v,k2=v2` (an empty string is no labels).
 pub(crate) fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
@@ -120,10 +116,6 @@ pub(crate) fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> 
         }
     }
     Ok(out)
-}
-
-fn parse_ttl_flag(s: &str) -> Result<Duration, String> {
-    parse_ttl(s)
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
