@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{
-    Backend, Env, Recorder, Seen, StalledHolder, config, create_job, eventually, runner,
-    stall_a_holder,
+    Backend, Env, PausedClaims, Recorder, Seen, StalledHolder, claims_paused_then_join, config,
+    create_job, eventually, runner, stall_a_holder,
 };
 use shardcron_core::execution::SkipReason;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
@@ -101,45 +101,16 @@ async fn a_fire_that_finds_its_item_running_follows_the_policy(b: Backend) {
 
 async fn a_generation_change_between_claim_and_run_runs_the_fire_once(b: Backend) {
     let env = Env::new(b).await;
-    create_job(
-        &env,
-        "[[job]]\nname = \"gen\"\nevery = \"1h\"\nshards = 2\nkind = \"slow\"\n",
-    )
-    .await;
-    let job = Recorder::new(Duration::from_millis(300));
-    let h = Arc::new(MemoryHistory::new());
-    // `a` pauses right after its claims commit, before the runs start.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let scope = format!("gen{}-", std::process::id());
-    failpoints::set("after_claim", &scope, Action::Pause(gate.clone()));
-    let mut cfg = config(&format!("gen{}", std::process::id()));
-    cfg.name = format!("gen{}", std::process::id());
-    let a = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        cfg,
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("a");
-    let reg = env.connect().await;
-    common::eventually_async("a claimed both items", T, || {
-        let reg = reg.clone();
-        async move {
-            reg.get(b"run/gen/0").await.expect("get").is_some()
-                && reg.get(b"run/gen/1").await.expect("get").is_some()
-        }
-    })
-    .await;
-    // The generation changes: `b` joins and now owns one of the claimed items.
-    let bb = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("b"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("b");
+    // `a` pauses right after its claims commit, before the runs start; the
+    // generation changes: `b` joins and now owns one of the claimed items.
+    let PausedClaims {
+        job,
+        gate,
+        scope,
+        a,
+        b: bb,
+        ..
+    } = claims_paused_then_join(&env, &format!("gen{}", std::process::id())).await;
     eventually("b owns an item", T, || !bb.my_items("gen").is_empty()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(job.seen().is_empty(), "nothing ran while a was paused");

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Backend, Env, Recorder, Seen, StalledHolder, config, create_job, eventually, runner,
-    stall_a_holder,
+    Backend, Env, PausedClaims, Recorder, Seen, StalledHolder, claims_paused_then_join, config,
+    create_job, eventually, runner, stall_a_holder,
 };
 use shardcron_core::ExecutionSource;
-use shardcron_runtime::failpoints::{self, Action, Mechanism};
+use shardcron_runtime::failpoints::{self, Mechanism};
 use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
 use tokio::sync::{Mutex, MutexGuard};
@@ -148,42 +148,14 @@ async fn without_self_fencing_a_stalled_holder_overlaps_its_failover() {
 /// Returns how many runs the one fire of each item had (1 each is right).
 async fn generation_change_after_claim() -> Vec<usize> {
     let env = Env::new(Backend::Memory).await;
-    create_job(
-        &env,
-        "[[job]]\nname = \"gen\"\nevery = \"1h\"\nshards = 2\nkind = \"slow\"\n",
-    )
-    .await;
-    let job = Recorder::new(Duration::from_millis(300));
-    let h = Arc::new(MemoryHistory::new());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let name = format!("paused{}", std::process::id());
-    let scope = format!("{name}-");
-    failpoints::set("after_claim", &scope, Action::Pause(gate.clone()));
-    let a = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config(&name),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("a");
-    let reg = env.connect().await;
-    common::eventually_async("a claimed both items", T, || {
-        let reg = reg.clone();
-        async move {
-            reg.get(b"run/gen/0").await.expect("get").is_some()
-                && reg.get(b"run/gen/1").await.expect("get").is_some()
-        }
-    })
-    .await;
-    let b = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("b"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("b");
+    let PausedClaims {
+        job,
+        gate,
+        scope,
+        a,
+        b,
+        ..
+    } = claims_paused_then_join(&env, &format!("paused{}", std::process::id())).await;
     eventually("b owns an item and may fire", T, || {
         !b.my_items("gen").is_empty() && b.skew().allows_firing()
     })

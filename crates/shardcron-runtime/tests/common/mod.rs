@@ -340,3 +340,66 @@ pub async fn stall_a_holder(env: &Env) -> StalledHolder {
         other,
     }
 }
+
+/// `a` (named `name`) claims both items of the hour-long job `gen` and pauses right
+/// after its claims commit (failpoint `after_claim`, released through `gate` and
+/// cleared with `scope`); then `b` joins, which changes the generation.
+pub struct PausedClaims {
+    pub job: Recorder,
+    pub h: Arc<MemoryHistory>,
+    pub gate: Arc<tokio::sync::Semaphore>,
+    pub scope: String,
+    pub a: Instance,
+    pub b: Instance,
+}
+
+pub async fn claims_paused_then_join(env: &Env, name: &str) -> PausedClaims {
+    const T: Duration = Duration::from_secs(20);
+    create_job(
+        env,
+        "[[job]]\nname = \"gen\"\nevery = \"1h\"\nshards = 2\nkind = \"slow\"\n",
+    )
+    .await;
+    let job = Recorder::new(Duration::from_millis(300));
+    let h = Arc::new(MemoryHistory::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let scope = format!("{name}-");
+    shardcron_runtime::failpoints::set(
+        "after_claim",
+        &scope,
+        shardcron_runtime::failpoints::Action::Pause(gate.clone()),
+    );
+    let a = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config(name),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("a");
+    let reg = env.connect().await;
+    eventually_async("a claimed both items", T, || {
+        let reg = reg.clone();
+        async move {
+            reg.get(b"run/gen/0").await.expect("get").is_some()
+                && reg.get(b"run/gen/1").await.expect("get").is_some()
+        }
+    })
+    .await;
+    let b = Instance::start_with(
+        env.connect().await,
+        env.clock(),
+        config("b"),
+        runner("slow", &job, h.clone()),
+    )
+    .await
+    .expect("b");
+    PausedClaims {
+        job,
+        h,
+        gate,
+        scope,
+        a,
+        b,
+    }
+}
