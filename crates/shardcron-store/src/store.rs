@@ -391,21 +391,21 @@ impl HistoryStore {
             url: url.masked.clone(),
             cause: url.scrub(&e.to_string()),
         };
+        // Creating a SQLite file (and switching it to WAL) and migrating it race
+        // between nodes that share it and start together ("database is locked",
+        // "table already exists"): one at a time, under the setup lock.
+        let _setup = match &url.target {
+            Target::Sqlite(Some(path)) => Some(sqlite_setup_lock(&url, path).await?),
+            _ => None,
+        };
         let db = match &url.target {
             Target::Sqlite(path) => {
                 let opts = match path {
-                    Some(path) => {
-                        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                            std::fs::create_dir_all(parent).map_err(|e| StoreError::Connect {
-                                url: url.masked.clone(),
-                                cause: format!("cannot create {}: {e}", parent.display()),
-                            })?;
-                        }
-                        SqliteConnectOptions::new()
-                            .filename(path)
-                            .create_if_missing(true)
-                            .journal_mode(SqliteJournalMode::Wal)
-                    }
+                    // (Its directory was created with the setup lock.)
+                    Some(path) => SqliteConnectOptions::new()
+                        .filename(path)
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal),
                     None => SqliteConnectOptions::new().in_memory(true),
                 };
                 let opts = opts
@@ -457,7 +457,7 @@ impl HistoryStore {
             url: std::sync::Arc::new(url),
         };
         if options.migrate {
-            store.migrate().await?;
+            store.run_migrations().await?;
         }
         Ok(store)
     }
@@ -468,36 +468,18 @@ impl HistoryStore {
     /// starting together raced to create the tables) an exclusive lock on the file
     /// `PATH.migrate-lock` next to the database serializes the migrations.
     pub async fn migrate(&self) -> Result<()> {
+        let _setup = match &self.url.target {
+            Target::Sqlite(Some(path)) => Some(sqlite_setup_lock(&self.url, path).await?),
+            _ => None,
+        };
+        self.run_migrations().await
+    }
+
+    /// The migrations themselves (the caller holds the SQLite setup lock).
+    async fn run_migrations(&self) -> Result<()> {
         let err = |e: sqlx::migrate::MigrateError| StoreError::Migrate {
             url: self.url.masked.clone(),
             cause: self.url.scrub(&e.to_string()),
-        };
-        let _file_lock = match &self.url.target {
-            Target::Sqlite(Some(path)) => {
-                let mut lock_path = path.clone().into_os_string();
-                lock_path.push(".migrate-lock");
-                let masked = self.url.masked.clone();
-                let lock = tokio::task::spawn_blocking(move || {
-                    let f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&lock_path)?;
-                    f.lock()?;
-                    Ok::<_, std::io::Error>(f)
-                })
-                .await
-                .map_err(|e| StoreError::Migrate {
-                    url: masked.clone(),
-                    cause: format!("migration lock task failed: {e}"),
-                })?
-                .map_err(|e| StoreError::Migrate {
-                    url: masked,
-                    cause: format!("cannot lock the migration lock file: {e}"),
-                })?;
-                Some(lock)
-            }
-            _ => None,
         };
         let mut migrator = sqlx::migrate::Migrator::new(Migrations(self.backend()))
             .await
@@ -1056,6 +1038,33 @@ impl HistoryStore {
         }
         Ok(deleted)
     }
+}
+
+/// An exclusive lock on `PATH.migrate-lock`, held while a node creates, opens for
+/// the first time or migrates the SQLite database at `path`.
+async fn sqlite_setup_lock(url: &StoreUrl, path: &std::path::Path) -> Result<std::fs::File> {
+    let mut lock_path = path.to_path_buf().into_os_string();
+    lock_path.push(".migrate-lock");
+    let fail = |cause: String| StoreError::Connect {
+        url: url.masked.clone(),
+        cause,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        f.lock()?;
+        Ok::<_, std::io::Error>(f)
+    })
+    .await
+    .map_err(|e| fail(format!("the setup lock task failed: {e}")))?
+    .map_err(|e| fail(format!("cannot lock the setup lock file: {e}")))
 }
 
 #[cfg(test)]
