@@ -134,6 +134,24 @@
 //! | `max_concurrent` | integer | none (unbounded) | most runs of this job at once on one instance, at least 1 |
 //! | `enabled` | boolean | `true` | whether the job fires; a disabled job can still be triggered by hand |
 //! | `overwrite` | boolean | `false` | whether an agent starting with this file replaces the copy of the job already in the registry (edits made through the API or console) |
+//! | `streaming` | boolean | `false` | Rust dataflow handlers only: keep fetching and processing until a fetch comes back empty, the item is about to move to another instance, or the instance stops |
+//! | `listeners` | array of tables | none | at most 16; see below |
+//! | `alerts` | array of strings | every channel | the names of the node's `[[alert]]` channels that hear about this job; `[]` for none |
+//!
+//! Listeners (`[[job.listeners]]`) run programs or Rust listeners around the job's
+//! executions:
+//!
+//! | key | type | default | meaning |
+//! |---|---|---|---|
+//! | `on` | string | required | `"before"` each execution, `"after"` each execution (both on the instance that runs it), or `"after_all"`: once per fire across the cluster, when every item of the fire has finished (or `wait` has passed) |
+//! | `command` | array of strings | | a program and its arguments, run like a script job (same allow-list, same `SHARDCRON_*` variables, plus `SHARDCRON_LISTENER` and, after a run, `SHARDCRON_STATUS`) |
+//! | `handler` | string | | or the name of a Rust listener registered on the instances; exactly one of `command` and `handler` |
+//! | `timeout` | duration | `"1m"` | longest the listener may run |
+//! | `wait` | duration | `"10m"` | `after_all` only: longest wait, from the fire time, for all items to finish; the listener then runs with the items finished so far |
+//!
+//! A `before` listener that fails (or times out) fails the attempt, which the retry
+//! policy may then repeat; an `after` or `after_all` listener that fails is logged
+//! and changes no status.
 //!
 //! `retries` is either the number of further attempts, 0 to 100 (`retries = 3`), or a
 //! table `retries = { max = 3, initial = "1s", max_delay = "1m" }`:
@@ -256,14 +274,18 @@ const JOB_FIELDS: &[&str] = &[
     "overwrite",
     "enabled",
     "max_concurrent",
+    "streaming",
+    "listeners",
+    "alerts",
 ];
+const LISTENER_FIELDS: &[&str] = &["on", "command", "handler", "timeout", "wait"];
 const RETRY_FIELDS: &[&str] = &["max", "initial", "max_delay"];
 const HTTP_FIELDS: &[&str] = &["method", "url", "headers", "body", "timeout", "accept"];
 const MISFIRE_FIELDS: &[&str] = &["policy", "max"];
 /// Top-level keys of a job file. `settings` and `scripts` belong to the `shardcron`
 /// binary's configuration (a config file is a job file with those two tables); the
 /// job reader skips them and the binary validates them.
-const FILE_FIELDS: &[&str] = &["job", "settings", "scripts"];
+const FILE_FIELDS: &[&str] = &["job", "settings", "scripts", "alert"];
 
 /// A validated job name: 1-128 characters of ASCII letters, digits, `.`, `_`, `-`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -734,6 +756,112 @@ pub struct JobSpec {
     pub enabled: bool,
     /// Most concurrent executions of this job on one instance (None: unbounded).
     pub max_concurrent: Option<u32>,
+    /// For Rust dataflow handlers: keep fetching and processing until a fetch
+    /// comes back empty, the item is about to move, or the instance stops.
+    pub streaming: bool,
+    /// Listeners: before and after each execution, and once per fire after all
+    /// its items (in the order written).
+    pub listeners: Vec<ListenerSpec>,
+    /// The alert channels (by name, configured on the nodes) that hear about
+    /// this job; `None` means every channel of the node, an empty list none.
+    pub alerts: Option<Vec<String>>,
+}
+
+/// Most listeners a job may have.
+pub const MAX_LISTENERS: usize = 16;
+/// How long a listener may run when its `timeout` is not given.
+pub const DEFAULT_LISTENER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an `after_all` listener waits for the items of a fire when its `wait`
+/// is not given (counted from the scheduled fire time).
+pub const DEFAULT_LISTENER_WAIT: Duration = Duration::from_secs(600);
+
+/// When a listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerWhen {
+    /// Before each execution, on the instance that runs it; a failure fails the
+    /// attempt (and the retry policy applies).
+    Before,
+    /// After each execution, on the instance that ran it, with its status.
+    After,
+    /// Once per fire across the cluster (distribute-once), after every item of the
+    /// fire has finished, or when `wait` has passed since the fire time.
+    AfterAll,
+}
+
+impl ListenerWhen {
+    /// The name used in job files: `before`, `after`, `after_all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerWhen::Before => "before",
+            ListenerWhen::After => "after",
+            ListenerWhen::AfterAll => "after_all",
+        }
+    }
+
+    /// Parse a job-file name.
+    pub fn parse(name: &str) -> Option<ListenerWhen> {
+        match name {
+            "before" => Some(ListenerWhen::Before),
+            "after" => Some(ListenerWhen::After),
+            "after_all" => Some(ListenerWhen::AfterAll),
+            _ => None,
+        }
+    }
+}
+
+/// What a listener runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerAction {
+    /// A program (argv, no shell), run like a script job.
+    Command(Vec<String>),
+    /// A Rust listener registered under this name on the instances.
+    Handler(String),
+}
+
+/// One `[[job.listeners]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// When it runs.
+    pub on: ListenerWhen,
+    /// What it runs.
+    pub action: ListenerAction,
+    /// Longest it may run (default one minute).
+    pub timeout: Duration,
+    /// `after_all` only: longest wait for the fire's items, from the fire time.
+    pub wait: Duration,
+}
+
+impl ListenerSpec {
+    /// A listener with the default timeout and wait.
+    pub fn new(on: ListenerWhen, action: ListenerAction) -> ListenerSpec {
+        ListenerSpec {
+            on,
+            action,
+            timeout: DEFAULT_LISTENER_TIMEOUT,
+            wait: DEFAULT_LISTENER_WAIT,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("on".into(), self.on.as_str().into());
+        match &self.action {
+            ListenerAction::Command(c) => {
+                m.insert("command".into(), c.clone().into());
+            }
+            ListenerAction::Handler(h) => {
+                m.insert("handler".into(), h.clone().into());
+            }
+        }
+        m.insert(
+            "timeout".into(),
+            HumanDuration(self.timeout).to_string().into(),
+        );
+        if self.on == ListenerWhen::AfterAll {
+            m.insert("wait".into(), HumanDuration(self.wait).to_string().into());
+        }
+        serde_json::Value::Object(m)
+    }
 }
 
 impl PartialEq for Schedule {
@@ -859,6 +987,9 @@ impl JobSpec {
             overwrite: false,
             enabled: true,
             max_concurrent: None,
+            streaming: false,
+            listeners: Vec::new(),
+            alerts: None,
         }
     }
 
@@ -1043,6 +1174,18 @@ impl JobSpec {
         m.insert("enabled", Value::Bool(self.enabled));
         if let Some(n) = self.max_concurrent {
             m.insert("max_concurrent", n.into());
+        }
+        if self.streaming {
+            m.insert("streaming", Value::Bool(true));
+        }
+        if !self.listeners.is_empty() {
+            m.insert(
+                "listeners",
+                Value::Array(self.listeners.iter().map(ListenerSpec::to_json).collect()),
+            );
+        }
+        if let Some(alerts) = &self.alerts {
+            m.insert("alerts", Value::Array(alerts.iter().map(s).collect()));
         }
         object(m)
     }
@@ -1318,7 +1461,7 @@ fn read_file(root: &Table, problems: &mut Vec<Problem>) -> Vec<JobSpec> {
                 job: None,
                 field: key.clone(),
                 message: format!(
-                    "unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables{hint})"
+                    "unknown top-level key (a job file holds [[job]] and [[alert]] tables and the [settings] and [scripts] tables{hint})"
                 ),
             });
         }
@@ -1418,6 +1561,17 @@ fn read_job(t: &Table, unnamed: Option<String>, problems: &mut Vec<Problem>) -> 
     let max_concurrent = opt(t, "max_concurrent", |v| {
         cx.integer(v, "max_concurrent", 1, u32::MAX)
     });
+    let streaming = opt(t, "streaming", |v| cx.boolean(v, "streaming")).map(|b| b.unwrap_or(false));
+    if let (Ok(true), Ok(kind)) = (&streaming, &kind)
+        && !matches!(kind, JobKind::Handler(_))
+    {
+        cx.report(
+            "streaming",
+            "only applies to Rust dataflow handlers (kind = \"<handler name>\")",
+        );
+    }
+    let listeners = read_listeners(&mut cx, t);
+    let alerts = read_alerts(&mut cx, t);
     cx.unknown_fields(t, JOB_FIELDS, "");
     if cx.problems.len() > before {
         return None;
@@ -1440,7 +1594,150 @@ fn read_job(t: &Table, unnamed: Option<String>, problems: &mut Vec<Problem>) -> 
         overwrite: overwrite.ok()?,
         enabled: enabled.ok()?,
         max_concurrent: max_concurrent.ok()?,
+        streaming: streaming.ok()?,
+        listeners: listeners.ok()?,
+        alerts: alerts.ok()?,
     })
+}
+
+fn read_listeners(cx: &mut Cx<'_>, t: &Table) -> Result<Vec<ListenerSpec>, Reported> {
+    let items = match get(t, "listeners") {
+        None => return Ok(Vec::new()),
+        Some(Val::Array(items)) => items,
+        Some(other) => {
+            return Err(cx.wrong_type(
+                "listeners",
+                "an array of tables ([[job.listeners]])",
+                other,
+            ));
+        }
+    };
+    if items.len() > MAX_LISTENERS {
+        return Err(cx.report(
+            "listeners",
+            format!("at most {MAX_LISTENERS} listeners, got {}", items.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    let mut result = Ok(());
+    for (i, item) in items.iter().enumerate() {
+        match read_listener(cx, item, &format!("listeners[{i}]")) {
+            Ok(l) => out.push(l),
+            Err(r) => result = Err(r),
+        }
+    }
+    result.map(|()| out)
+}
+
+fn read_listener(cx: &mut Cx<'_>, v: &Val, field: &str) -> Result<ListenerSpec, Reported> {
+    let Val::Table(lt) = v else {
+        return Err(cx.wrong_type(
+            field,
+            "a table such as { on = \"after\", command = [\"./notify.sh\"] }",
+            v,
+        ));
+    };
+    let on = match get(lt, "on") {
+        None => Err(cx.report(
+            &format!("{field}.on"),
+            "missing (\"before\", \"after\" or \"after_all\")",
+        )),
+        Some(v) => cx.string(v, &format!("{field}.on")).and_then(|name| {
+            ListenerWhen::parse(name).ok_or_else(|| {
+                cx.report(
+                    &format!("{field}.on"),
+                    format!("must be \"before\", \"after\" or \"after_all\", got {name:?}"),
+                )
+            })
+        }),
+    };
+    let command = get(lt, "command").map(|v| read_command_at(cx, v, &format!("{field}.command")));
+    let handler = get(lt, "handler").map(|v| {
+        let f = format!("{field}.handler");
+        cx.string(v, &f).and_then(|h| {
+            if is_handler_name(h) {
+                Ok(h.to_owned())
+            } else {
+                Err(cx.report(
+                    &f,
+                    format!(
+                        "must be a handler name (1-128 letters, digits, '.', '_', '-' and ':'), got {h:?}"
+                    ),
+                ))
+            }
+        })
+    });
+    let action = match (command, handler) {
+        (Some(c), None) => c.map(ListenerAction::Command),
+        (None, Some(h)) => h.map(ListenerAction::Handler),
+        (None, None) => Err(cx.report(
+            field,
+            "needs `command` (a program) or `handler` (a Rust listener's name)",
+        )),
+        (Some(_), Some(_)) => Err(cx.report(field, "has both `command` and `handler`; give one")),
+    };
+    let timeout = opt(lt, "timeout", |v| {
+        cx.duration(v, &format!("{field}.timeout"))
+    })
+    .map(|d| d.unwrap_or(DEFAULT_LISTENER_TIMEOUT));
+    let wait = opt(lt, "wait", |v| cx.duration(v, &format!("{field}.wait")));
+    cx.unknown_fields(lt, LISTENER_FIELDS, &format!("{field}."));
+    let on = on?;
+    let wait = match wait? {
+        Some(_) if on != ListenerWhen::AfterAll => {
+            return Err(cx.report(
+                &format!("{field}.wait"),
+                "only applies to on = \"after_all\"",
+            ));
+        }
+        w => w.unwrap_or(DEFAULT_LISTENER_WAIT),
+    };
+    Ok(ListenerSpec {
+        on,
+        action: action?,
+        timeout: timeout?,
+        wait,
+    })
+}
+
+/// Alert channel names: 1-64 of ASCII letters, digits, `.`, `_`, `-` (as the
+/// nodes' `[[alert]]` tables name them).
+fn is_alert_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn read_alerts(cx: &mut Cx<'_>, t: &Table) -> Result<Option<Vec<String>>, Reported> {
+    let items = match get(t, "alerts") {
+        None => return Ok(None),
+        Some(Val::Array(items)) => items,
+        Some(other) => {
+            return Err(cx.wrong_type("alerts", "an array of alert channel names", other));
+        }
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut result = Ok(());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("alerts[{i}]");
+        match cx.string(item, &field) {
+            Ok(n) if !is_alert_name(n) => {
+                result = Err(cx.report(
+                    &field,
+                    format!(
+                        "must be a channel name (1-64 letters, digits, '.', '_', '-'), got {n:?}"
+                    ),
+                ));
+            }
+            Ok(n) if names.iter().any(|m| m == n) => {
+                result = Err(cx.report(&field, format!("{n:?} is listed twice")));
+            }
+            Ok(n) => names.push(n.to_owned()),
+            Err(r) => result = Err(r),
+        }
+    }
+    result.map(|()| Some(names))
 }
 
 /// Reads an optional field with `read`.
@@ -1898,12 +2195,17 @@ fn is_handler_name(name: &str) -> bool {
 }
 
 fn read_command(cx: &mut Cx<'_>, v: &Val) -> Result<Vec<String>, Reported> {
+    read_command_at(cx, v, "command")
+}
+
+/// An argv (`command` of a script job or of a listener, named `field`).
+fn read_command_at(cx: &mut Cx<'_>, v: &Val, field: &str) -> Result<Vec<String>, Reported> {
     let Val::Array(items) = v else {
-        return Err(cx.wrong_type("command", "an array of strings", v));
+        return Err(cx.wrong_type(field, "an array of strings", v));
     };
     if items.is_empty() {
         return Err(cx.report(
-            "command",
+            field,
             "must not be empty: its first element is the program to run",
         ));
     }
@@ -1912,7 +2214,7 @@ fn read_command(cx: &mut Cx<'_>, v: &Val) -> Result<Vec<String>, Reported> {
     for (i, item) in items.iter().enumerate() {
         match item {
             Val::Str(s) => command.push(s.clone()),
-            other => result = Err(cx.wrong_type(&format!("command[{i}]"), "a string", other)),
+            other => result = Err(cx.wrong_type(&format!("{field}[{i}]"), "a string", other)),
         }
     }
     result?;
@@ -1920,7 +2222,10 @@ fn read_command(cx: &mut Cx<'_>, v: &Val) -> Result<Vec<String>, Reported> {
         .first()
         .is_some_and(|program| program.trim().is_empty())
     {
-        return Err(cx.report("command[0]", "must not be empty: it is the program to run"));
+        return Err(cx.report(
+            &format!("{field}[0]"),
+            "must not be empty: it is the program to run",
+        ));
     }
     Ok(command)
 }
@@ -2681,11 +2986,11 @@ mod tests {
         );
         assert_eq!(
             one_problem(&format!("colour = 1\n{}", job(""))),
-            "colour: unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables)"
+            "colour: unknown top-level key (a job file holds [[job]] and [[alert]] tables and the [settings] and [scripts] tables)"
         );
         assert_eq!(
             one_problem(&format!("{}[[jobs]]\nname = \"y\"\n", job(""))),
-            r#"jobs: unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables; did you mean "job"?)"#
+            r#"jobs: unknown top-level key (a job file holds [[job]] and [[alert]] tables and the [settings] and [scripts] tables; did you mean "job"?)"#
         );
         assert_eq!(
             one_problem("[job]\nname = \"x\"\n"),
@@ -3104,7 +3409,7 @@ mod tests {
             JobFile::from_json(r#"{"job": [{"name": "a", "every": "1s", "kind": "h"}, {"name": "a", "every": "1s", "kind": "h"}], "x": 1}"#)
                 .unwrap_err()
                 .to_string(),
-            "x: unknown top-level key (a job file holds [[job]] tables and the [settings] and [scripts] tables)\njob \"a\": name: duplicate job name (also job #1)"
+            "x: unknown top-level key (a job file holds [[job]] and [[alert]] tables and the [settings] and [scripts] tables)\njob \"a\": name: duplicate job name (also job #1)"
         );
         assert_eq!(
             JobFile::from_json("[]").unwrap_err().to_string(),
@@ -3175,6 +3480,19 @@ mod tests {
         full.overwrite = true;
         full.enabled = false;
         full.max_concurrent = Some(3);
+        full.listeners = vec![
+            ListenerSpec::new(
+                ListenerWhen::Before,
+                ListenerAction::Command(vec!["./before.sh".into(), "x y".into()]),
+            ),
+            ListenerSpec {
+                on: ListenerWhen::AfterAll,
+                action: ListenerAction::Handler("app::Done".into()),
+                timeout: Duration::from_secs(5),
+                wait: Duration::from_secs(90),
+            },
+        ];
+        full.alerts = Some(vec!["pager".into(), "ops.log".into()]);
 
         let utc_cron = JobSpec::new(
             name("utc-cron"),
@@ -3196,6 +3514,8 @@ mod tests {
             JobKind::Handler("app::Reindex".into()),
         );
         manual.strategy = Strategy::Odevity;
+        manual.streaming = true;
+        manual.alerts = Some(Vec::new());
         let delay = JobSpec::new(
             name("delay"),
             Schedule::Delay(Duration::from_secs(600)),
@@ -3689,5 +4009,156 @@ enabled = true
             spec.validate().unwrap_err().to_string(),
             r#"job "x": shards: must be between 1 and 10000, got 0"#
         );
+    }
+
+    #[test]
+    fn listeners_alerts_and_streaming() {
+        let spec = parse_one(
+            r#"[[job]]
+name = "x"
+every = "5s"
+kind = "app::Flow"
+streaming = true
+alerts = ["pager", "ding"]
+
+[[job.listeners]]
+on = "before"
+command = ["./prepare.sh", "now"]
+
+[[job.listeners]]
+on = "after"
+handler = "audit"
+timeout = "10s"
+
+[[job.listeners]]
+on = "after_all"
+command = ["./report.sh"]
+wait = "2m"
+"#,
+        );
+        assert!(spec.streaming);
+        assert_eq!(
+            spec.alerts,
+            Some(vec!["pager".to_owned(), "ding".to_owned()])
+        );
+        assert_eq!(
+            spec.listeners,
+            vec![
+                ListenerSpec::new(
+                    ListenerWhen::Before,
+                    ListenerAction::Command(vec!["./prepare.sh".into(), "now".into()]),
+                ),
+                ListenerSpec {
+                    on: ListenerWhen::After,
+                    action: ListenerAction::Handler("audit".into()),
+                    timeout: Duration::from_secs(10),
+                    wait: DEFAULT_LISTENER_WAIT,
+                },
+                ListenerSpec {
+                    on: ListenerWhen::AfterAll,
+                    action: ListenerAction::Command(vec!["./report.sh".into()]),
+                    timeout: DEFAULT_LISTENER_TIMEOUT,
+                    wait: Duration::from_secs(120),
+                },
+            ]
+        );
+        let plain = parse_one(&job(""));
+        assert!(!plain.streaming);
+        assert!(plain.listeners.is_empty());
+        assert_eq!(plain.alerts, None);
+        // Defaults are not written, so stored jobs keep their form.
+        let json = plain.to_json();
+        for field in ["streaming", "listeners", "alerts"] {
+            assert!(json.get(field).is_none(), "{field} written: {json}");
+        }
+    }
+
+    #[test]
+    fn listener_alert_and_streaming_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "streaming = true",
+                "streaming: only applies to Rust dataflow handlers",
+            ),
+            (
+                "streaming = 1",
+                "streaming: expected a boolean, got an integer",
+            ),
+            (
+                "alerts = \"pager\"",
+                "alerts: expected an array of alert channel names, got a string",
+            ),
+            ("alerts = [\"a b\"]", "alerts[0]: must be a channel name"),
+            (
+                "alerts = [\"a\", \"a\"]",
+                "alerts[1]: \"a\" is listed twice",
+            ),
+            (
+                "alerts = [1]",
+                "alerts[0]: expected a string, got an integer",
+            ),
+            ("listeners = 3", "listeners: expected an array of tables"),
+            (
+                "[[job.listeners]]\ncommand = [\"./a\"]",
+                "listeners[0].on: missing",
+            ),
+            (
+                "[[job.listeners]]\non = \"around\"\ncommand = [\"./a\"]",
+                "listeners[0].on: must be \"before\", \"after\" or \"after_all\", got \"around\"",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"",
+                "listeners[0]: needs `command`",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"\ncommand = [\"./a\"]\nhandler = \"h\"",
+                "listeners[0]: has both `command` and `handler`",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"\ncommand = []",
+                "listeners[0].command: must not be empty",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"\ncommand = [\"./a\", 2]",
+                "listeners[0].command[1]: expected a string, got an integer",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"\nhandler = \"a b\"",
+                "listeners[0].handler: must be a handler name",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"\ncommand = [\"./a\"]\nwait = \"1m\"",
+                "listeners[0].wait: only applies to on = \"after_all\"",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"\ncommand = [\"./a\"]\ntimeout = 5",
+                "listeners[0].timeout: expected a duration string",
+            ),
+            (
+                "[[job.listeners]]\non = \"after\"\ncommand = [\"./a\"]\ntimout = \"5s\"",
+                "listeners[0].timout: unknown field (did you mean \"timeout\"?)",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let got = problems(&job(extra));
+            assert!(
+                got.iter().any(|p| p.contains(expected)),
+                "{extra:?}: expected {expected:?} in {got:?}"
+            );
+        }
+        let many =
+            "[[job.listeners]]\non = \"after\"\ncommand = [\"./a\"]\n".repeat(MAX_LISTENERS + 1);
+        let got = problems(&job(&many));
+        assert!(
+            got.iter()
+                .any(|p| p.contains("listeners: at most 16 listeners, got 17")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn alert_tables_are_accepted_at_the_top_level() {
+        let text = format!("{}\n[[alert]]\nname = \"log\"\ntype = \"log\"\n", job(""));
+        assert_eq!(JobFile::from_toml(&text).unwrap().jobs.len(), 1);
     }
 }
