@@ -143,11 +143,11 @@
 //!
 //! | key | type | default | meaning |
 //! |---|---|---|---|
-//! | `on` | string | required | `"before"` each execution, `"after"` each execution (both on the instance that runs it), or `"after_all"`: once per fire across the cluster, when every item of the fire has finished (or `wait` has passed) |
-//! | `command` | array of strings | | a program and its arguments, run like a script job (same allow-list, same `SHARDCRON_*` variables, plus `SHARDCRON_LISTENER` and, after a run, `SHARDCRON_STATUS`) |
+//! | `on` | string | required | `"before"` each execution, `"after"` each execution (both on the instance that runs it), or `"after_all"`: once per fire across the cluster, when every item of the fire has finished (or `wait` has passed); not for `delay` jobs with several shards, whose items do not share fires |
+//! | `command` | array of strings | | a program and its arguments, run like a script job (same allow-list, same `SHARDCRON_*` variables, plus `SHARDCRON_LISTENER`, after a run `SHARDCRON_STATUS` and `SHARDCRON_CAUSE`, and for `after_all` `SHARDCRON_ITEMS` (`0=SUCCEEDED,1=FAILED`) and `SHARDCRON_COMPLETE`) |
 //! | `handler` | string | | or the name of a Rust listener registered on the instances; exactly one of `command` and `handler` |
 //! | `timeout` | duration | `"1m"` | longest the listener may run |
-//! | `wait` | duration | `"10m"` | `after_all` only: longest wait, from the fire time, for all items to finish; the listener then runs with the items finished so far |
+//! | `wait` | duration | `"10m"` | `after_all` only, at most `"1h"`: longest wait for all items to finish, from the fire time (from the start, for a fire that ran late); the listener then runs with the items finished so far |
 //!
 //! A `before` listener that fails (or times out) fails the attempt, which the retry
 //! policy may then repeat; an `after` or `after_all` listener that fails is logged
@@ -771,6 +771,9 @@ pub struct JobSpec {
 pub const MAX_LISTENERS: usize = 16;
 /// How long a listener may run when its `timeout` is not given.
 pub const DEFAULT_LISTENER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest `wait` of an `after_all` listener (its per-fire markers live at least
+/// this long).
+pub const MAX_LISTENER_WAIT: Duration = Duration::from_secs(3600);
 /// How long an `after_all` listener waits for the items of a fire when its `wait`
 /// is not given (counted from the scheduled fire time).
 pub const DEFAULT_LISTENER_WAIT: Duration = Duration::from_secs(600);
@@ -1571,6 +1574,18 @@ fn read_job(t: &Table, unnamed: Option<String>, problems: &mut Vec<Problem>) -> 
         );
     }
     let listeners = read_listeners(&mut cx, t);
+    // Items of a `delay` job fire on their own clocks: no fire time is shared by
+    // all items, so "after all items of the fire" has no meaning there.
+    if let (Ok(ls), Ok(Schedule::Delay(_)), Ok(n)) = (&listeners, &schedule, &shards)
+        && *n > 1
+        && let Some(i) = ls.iter().position(|l| l.on == ListenerWhen::AfterAll)
+    {
+        cx.report(
+            &format!("listeners[{i}].on"),
+            "\"after_all\" needs a fire shared by all items, which a `delay` schedule with \
+             more than one shard does not have (each item fires on its own)",
+        );
+    }
     let alerts = read_alerts(&mut cx, t);
     cx.unknown_fields(t, JOB_FIELDS, "");
     if cx.problems.len() > before {
@@ -1688,6 +1703,12 @@ fn read_listener(cx: &mut Cx<'_>, v: &Val, field: &str) -> Result<ListenerSpec, 
             return Err(cx.report(
                 &format!("{field}.wait"),
                 "only applies to on = \"after_all\"",
+            ));
+        }
+        Some(w) if w > MAX_LISTENER_WAIT => {
+            return Err(cx.report(
+                &format!("{field}.wait"),
+                format!("must be at most 1h, got {}", HumanDuration(w)),
             ));
         }
         w => w.unwrap_or(DEFAULT_LISTENER_WAIT),
@@ -4153,6 +4174,33 @@ wait = "2m"
             got.iter()
                 .any(|p| p.contains("listeners: at most 16 listeners, got 17")),
             "{got:?}"
+        );
+    }
+
+    #[test]
+    fn after_all_is_refused_on_multi_item_delay_jobs() {
+        let text = "[[job]]\nname = \"d\"\ndelay = \"5s\"\nshards = 2\ncommand = [\"./a\"]\n\
+                    [[job.listeners]]\non = \"after_all\"\ncommand = [\"./b\"]\n";
+        let got = problems(text);
+        assert!(
+            got.len() == 1
+                && got[0].starts_with("job \"d\": listeners[0].on: \"after_all\" needs a fire"),
+            "{got:?}"
+        );
+        assert_eq!(
+            parse_one(&text.replace("shards = 2", "shards = 1")).shards,
+            1
+        );
+    }
+
+    #[test]
+    fn listener_wait_is_at_most_an_hour() {
+        let got = problems(&job(
+            "[[job.listeners]]\non = \"after_all\"\ncommand = [\"./a\"]\nwait = \"2h\"",
+        ));
+        assert_eq!(
+            got,
+            ["job \"x\": listeners[0].wait: must be at most 1h, got 2h"]
         );
     }
 

@@ -261,6 +261,24 @@ pub(crate) struct Shared {
     draining: AtomicBool,
 }
 
+/// Reads jobs from an instance's mirror of the registry; see
+/// [`Instance::job_reader`].
+#[derive(Clone)]
+pub struct JobReader(Arc<Shared>);
+
+impl std::fmt::Debug for JobReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobReader")
+    }
+}
+
+impl JobReader {
+    /// The job as the instance sees it now.
+    pub fn job(&self, name: &str) -> Option<JobSpec> {
+        self.0.job(name)
+    }
+}
+
 /// What an instance runs: handlers, where records go, and trigger-loop settings.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -563,6 +581,13 @@ impl Instance {
         self.shared.job(name)
     }
 
+    /// A handle that reads jobs from this instance's mirror, like
+    /// [`Instance::job`], without holding the instance (it stays usable, with the
+    /// last state seen, after the instance stops).
+    pub fn job_reader(&self) -> JobReader {
+        JobReader(self.shared.clone())
+    }
+
     /// Run until SIGTERM, Ctrl-C (SIGINT) or a shutdown request, then stop
     /// gracefully (revoking the lease, so the others react at once). This is what
     /// `shardcron agent` and embedding applications call from `main`.
@@ -790,6 +815,7 @@ impl Shared {
 /// keys, so the leader fails them over.
 async fn graceful_stop(shared: &Arc<Shared>) -> Result<()> {
     shared.draining.store(true, Ordering::SeqCst);
+    crate::scheduler::wind_down_all(&shared.running);
     let running = || match shared.running.lock() {
         Ok(g) => g.len(),
         Err(p) => p.into_inner().len(),
@@ -819,8 +845,10 @@ async fn graceful_stop(shared: &Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-/// The selector of a job: which members may run it (its kind and its labels).
-/// Jobs with equal selectors share one slot order in the generation.
+/// The selector of a job: which members may run it (the capabilities it needs,
+/// its kind's and its listeners', and its labels). Jobs with equal selectors
+/// share one slot order in the generation. A job without listeners has the
+/// selector `{kind}|{labels}`; listeners add `+{capability}`, sorted.
 pub fn selector(spec: &JobSpec) -> String {
     let kind = crate::execute::kind_name(&spec.kind);
     let labels: Vec<String> = spec
@@ -828,7 +856,19 @@ pub fn selector(spec: &JobSpec) -> String {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    format!("{kind}|{}", labels.join(","))
+    let mut caps = String::new();
+    if !spec.listeners.is_empty() {
+        let mut extra: Vec<String> = crate::execute::required_capabilities(spec)
+            .into_iter()
+            .filter(|c| c != kind)
+            .collect();
+        extra.sort();
+        for c in extra {
+            caps.push('+');
+            caps.push_str(&c);
+        }
+    }
+    format!("{kind}{caps}|{}", labels.join(","))
 }
 
 /// The members eligible for `spec`, in the generation's slot order for its
@@ -877,11 +917,20 @@ fn next_order(prev: Option<&Vec<String>>, eligible_in_join_order: &[&str]) -> Ve
 }
 
 /// Whether member `m` may run `spec`: it carries every label the job asks for and
-/// can run the job's kind.
+/// can run the job's kind and its listeners (see
+/// [`crate::execute::required_capabilities`]; this is the same rule without
+/// allocating, as it runs for every job and member).
 fn eligible(spec: &JobSpec, m: &Member) -> bool {
-    let labels_ok = spec.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v));
-    let kind = crate::execute::kind_name(&spec.kind);
-    labels_ok && m.capabilities.iter().any(|c| c == kind)
+    use shardcron_core::job::ListenerAction;
+    let has = |cap: &str| m.capabilities.iter().any(|c| c == cap);
+    spec.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v))
+        && has(crate::execute::kind_name(&spec.kind))
+        && spec.listeners.iter().all(|l| match &l.action {
+            ListenerAction::Command(_) => has("script"),
+            ListenerAction::Handler(h) => m.capabilities.iter().any(|c| {
+                c.strip_prefix(crate::execute::LISTENER_CAPABILITY_PREFIX) == Some(h.as_str())
+            }),
+        })
 }
 
 /// Grant a lease and create the instance key under a fresh identity.
@@ -1493,4 +1542,44 @@ async fn collect_garbage(shared: &Arc<Shared>) -> Result<()> {
         shared.registry.delete(&k).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardcron_core::job::{JobKind, JobName, ListenerAction, ListenerSpec, ListenerWhen};
+    use shardcron_core::schedule::Schedule;
+
+    fn job(name: &str) -> JobSpec {
+        JobSpec::new(
+            JobName::new(name).expect("name"),
+            Schedule::Manual,
+            JobKind::Handler("work".into()),
+        )
+    }
+
+    #[test]
+    fn listeners_are_part_of_the_selector() {
+        let plain = job("a");
+        let mut labelled = job("b");
+        labelled.labels.insert("zone".into(), "eu".into());
+        // Unchanged for jobs without listeners (no generation churn on upgrade).
+        assert_eq!(selector(&plain), "work|");
+        assert_eq!(selector(&labelled), "work|zone=eu");
+        let mut audited = job("c");
+        audited.listeners = vec![
+            ListenerSpec::new(ListenerWhen::After, ListenerAction::Handler("z".into())),
+            ListenerSpec::new(
+                ListenerWhen::Before,
+                ListenerAction::Command(vec!["./x".into()]),
+            ),
+            ListenerSpec::new(ListenerWhen::AfterAll, ListenerAction::Handler("a".into())),
+        ];
+        // Two jobs of one kind but different listeners may run on different
+        // members, so they must not share a slot order.
+        assert_eq!(selector(&audited), "work+listener:a+listener:z+script|");
+        let mut same = job("d");
+        same.listeners = audited.listeners.iter().rev().cloned().collect();
+        assert_eq!(selector(&same), selector(&audited));
+    }
 }

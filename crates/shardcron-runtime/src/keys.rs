@@ -23,12 +23,17 @@
 //! | `fire/{job}/{item}/{fire}` | [`crate::model::FireClaim`] | the hour's horizon lease | claims |
 //! | `failover/{job}/{item}` | [`crate::model::FailoverEntry`] | — | the leader |
 //! | `horizon/{bucket}` | lease id | that lease | whoever claims first in the hour |
+//! | `after-all/{job}/{fire}/items/{item}` | the item's final status | a horizon lease | the instance that ran it (jobs with `after_all` listeners) |
+//! | `after-all/{job}/{fire}/claim` | instance id | a horizon lease | the one instance that runs the fire's `after_all` listeners (create-if-absent) |
 
 /// Major version of this layout. An instance refuses a namespace whose major
 /// version is newer than the one it knows.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Minor version: additions that older instances can ignore.
 pub const SCHEMA_MINOR: u32 = 0;
+
+/// Prefix of the `after_all` listeners' per-fire keys (see `crate::listeners`).
+pub const AFTER_ALL: &str = "after-all/";
 
 /// `schema`
 pub fn schema() -> Vec<u8> {

@@ -11,12 +11,14 @@
 //! - [`keys`] is the key layout, in one place.
 
 pub mod cluster;
+pub mod dataflow;
 mod error;
 pub mod execute;
 pub mod failpoints;
 pub mod http_job;
 pub mod instance;
 pub mod keys;
+mod listeners;
 pub mod mirror;
 pub mod misfire;
 pub mod model;
@@ -26,10 +28,14 @@ pub mod skew;
 mod tail;
 
 pub use cluster::{ApplyOutcome, Cluster, StoredJob};
+pub use dataflow::DataflowJob;
 pub use error::{Error, Result};
-pub use execute::{Handlers, HistorySink, JobContext, JobError, MemoryHistory, SimpleJob};
+pub use execute::{
+    FireSummary, Handlers, HistorySink, JobContext, JobError, Listener, ListenerEvent,
+    MemoryHistory, Outcome, SimpleJob,
+};
 pub use http_job::{HttpJob, HttpOptions};
-pub use instance::{Instance, InstanceConfig, InstanceEvent, JobPlacement, Runner};
+pub use instance::{Instance, InstanceConfig, InstanceEvent, JobPlacement, JobReader, Runner};
 pub use scheduler::SchedulerOptions;
 pub use script::{ScriptJob, ScriptOptions, Supervisor};
 pub use skew::SkewStatus;

@@ -85,6 +85,8 @@ pub(crate) struct Running {
     item: u32,
     identity: String,
     cancel: watch::Sender<bool>,
+    /// Asks the run to finish soon (its item is moving, the instance stops).
+    wind_down: watch::Sender<bool>,
     reason: Arc<Mutex<Option<(ExecutionStatus, String)>>>,
     task: Option<tokio::task::AbortHandle>,
 }
@@ -104,7 +106,7 @@ pub(crate) struct Scheduler {
     /// Which trigger loop this is (of `opts.partitions`).
     partition: usize,
     shared: Arc<Shared>,
-    handlers: Handlers,
+    handlers: Arc<Handlers>,
     history: Arc<dyn HistorySink>,
     opts: SchedulerOptions,
     owned: HashSet<(String, u32)>,
@@ -136,6 +138,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
+}
+
+/// The lease of the current dedup-horizon bucket (`horizon/{bucket}`), granted
+/// (for twice the horizon) by whoever needs it first in the bucket.
+pub(crate) async fn horizon_lease(
+    shared: &Shared,
+    dedup_horizon: Duration,
+) -> crate::Result<LeaseId> {
+    let secs = i64::try_from(dedup_horizon.as_secs().max(1)).unwrap_or(3600);
+    let bucket = shared.clock.wall().timestamp() / secs;
+    let key = keys::horizon(bucket);
+    if let Some(kv) = shared.registry.get(&key).await? {
+        return Ok(kv.lease);
+    }
+    let lease = shared.registry.lease_grant(dedup_horizon * 2).await?;
+    let resp = shared
+        .registry
+        .txn(
+            Txn::new()
+                .when(Compare::absent(key.clone()))
+                .and_then(TxnOp::put_with_lease(
+                    key.clone(),
+                    lease.id.to_string().into_bytes(),
+                    lease.id,
+                ))
+                .or_else(TxnOp::get(key)),
+        )
+        .await?;
+    if resp.succeeded {
+        return Ok(lease.id);
+    }
+    let _ = shared.registry.lease_revoke(lease.id).await;
+    Ok(first_get(&resp.responses, 0).map_or(lease.id, |kv| kv.lease))
 }
 
 /// The fire id of a scheduled fire.
@@ -198,7 +233,7 @@ impl Scheduler {
         Scheduler {
             partition,
             shared: shared.clone(),
-            handlers,
+            handlers: Arc::new(handlers),
             history,
             opts,
             owned: HashSet::new(),
@@ -330,7 +365,7 @@ impl Scheduler {
     }
 
     fn can_run(&self, spec: &JobSpec) -> bool {
-        self.handlers.for_kind(&spec.kind).is_some()
+        self.handlers.can_run(spec)
     }
 
     /// Recompute which items we own; new ones are looked at now.
@@ -399,6 +434,14 @@ impl Scheduler {
         if self.owned != now_owned {
             // Pending manual triggers may now name items we own.
             self.handled_triggers.clear();
+            // Runs of items that leave us are asked to wind down (streaming
+            // dataflow jobs stop fetching).
+            for r in lock(&self.running).values() {
+                let key = (r.job.clone(), r.item);
+                if self.owned.contains(&key) && !now_owned.contains(&key) {
+                    let _ = r.wind_down.send(true);
+                }
+            }
         }
         self.owned = now_owned;
         let owned_jobs: HashSet<&str> = self.owned.iter().map(|(j, _)| j.as_str()).collect();
@@ -736,36 +779,7 @@ impl Scheduler {
         {
             return Ok(lease);
         }
-        let key = keys::horizon(bucket);
-        if let Some(kv) = self.shared.registry.get(&key).await? {
-            self.horizon = Some((bucket, kv.lease));
-            return Ok(kv.lease);
-        }
-        let lease = self
-            .shared
-            .registry
-            .lease_grant(self.opts.dedup_horizon * 2)
-            .await?;
-        let resp = self
-            .shared
-            .registry
-            .txn(
-                Txn::new()
-                    .when(Compare::absent(key.clone()))
-                    .and_then(TxnOp::put_with_lease(
-                        key.clone(),
-                        lease.id.to_string().into_bytes(),
-                        lease.id,
-                    ))
-                    .or_else(TxnOp::get(key)),
-            )
-            .await?;
-        let id = if resp.succeeded {
-            lease.id
-        } else {
-            let _ = self.shared.registry.lease_revoke(lease.id).await;
-            first_get(&resp.responses, 0).map_or(lease.id, |kv| kv.lease)
-        };
+        let id = horizon_lease(&self.shared, self.opts.dedup_horizon).await?;
         self.horizon = Some((bucket, id));
         Ok(id)
     }
@@ -930,6 +944,8 @@ impl Scheduler {
             return;
         };
         let (cancel_tx, cancel_rx) = watch::channel(false);
+        // A run started while the instance drains winds down from the start.
+        let (wind_down_tx, wind_down_rx) = watch::channel(self.shared.draining());
         let reason = Arc::new(Mutex::new(None));
         lock(&self.running).insert(
             execution.clone(),
@@ -938,6 +954,7 @@ impl Scheduler {
                 item,
                 identity: me.clone(),
                 cancel: cancel_tx,
+                wind_down: wind_down_tx,
                 reason: reason.clone(),
                 task: None,
             },
@@ -961,9 +978,16 @@ impl Scheduler {
             running: self.running.clone(),
             done: self.done_tx.clone(),
             timeout: spec.timeout,
+            handlers: self.handlers.clone(),
+            dedup_horizon: self.opts.dedup_horizon,
         };
         let spec = Arc::new(spec.clone());
-        let handle = tokio::spawn(task.run(handler, spec, sharding, cancel_rx, reason));
+        let signals = Signals {
+            cancel: cancel_rx,
+            wind_down: wind_down_rx,
+            reason,
+        };
+        let handle = tokio::spawn(task.run(handler, spec, sharding, signals));
         if let Some(r) = lock(&self.running).get_mut(&execution) {
             r.task = Some(handle.abort_handle());
         }
@@ -1208,6 +1232,13 @@ pub(crate) fn cancel_for_shutdown(running: &Mutex<HashMap<String, Running>>) {
     }
 }
 
+/// Ask every run to wind down (the instance is draining).
+pub(crate) fn wind_down_all(running: &Mutex<HashMap<String, Running>>) {
+    for r in lock(running).values() {
+        let _ = r.wind_down.send(true);
+    }
+}
+
 /// One execution: run the handler, record the outcome, release the run key.
 struct RunTask {
     shared: Arc<Shared>,
@@ -1215,6 +1246,15 @@ struct RunTask {
     running: Arc<Mutex<HashMap<String, Running>>>,
     done: mpsc::UnboundedSender<Done>,
     timeout: Option<Duration>,
+    handlers: Arc<Handlers>,
+    dedup_horizon: Duration,
+}
+
+/// What a run task listens to.
+struct Signals {
+    cancel: watch::Receiver<bool>,
+    wind_down: watch::Receiver<bool>,
+    reason: Arc<Mutex<Option<(ExecutionStatus, String)>>>,
 }
 
 impl RunTask {
@@ -1225,16 +1265,15 @@ impl RunTask {
         handler: Arc<dyn crate::execute::SimpleJob>,
         spec: Arc<JobSpec>,
         ctx: ShardingContext,
-        cancel: watch::Receiver<bool>,
-        reason: Arc<Mutex<Option<(ExecutionStatus, String)>>>,
+        signals: Signals,
     ) {
+        let cancel = signals.cancel.clone();
+        let started = self.shared.clock.wall();
         failpoints::hit("after_claim", &ctx.instance).await;
         let claimed = ctx.clone();
         let mut ctx = ctx;
         let (status, fenced, end) = loop {
-            let (status, fenced, end) = self
-                .attempt(&handler, &spec, &ctx, cancel.clone(), &reason)
-                .await;
+            let (status, fenced, end) = self.attempt(&handler, &spec, &ctx, &signals).await;
             let retry = matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut)
                 && ctx.attempt <= spec.retries.max
                 && !fenced
@@ -1275,6 +1314,28 @@ impl RunTask {
             tracing::warn!(job = %ctx.job, item = ctx.item, error = %e, "release failed; the run key is left for failover");
         }
         lock(&self.running).remove(&ctx.execution_id);
+        if !keep_for_failover
+            && !fenced
+            && spec
+                .listeners
+                .iter()
+                .any(|l| l.on == shardcron_core::job::ListenerWhen::AfterAll)
+        {
+            tokio::spawn(
+                crate::listeners::FinishedItem {
+                    shared: self.shared.clone(),
+                    handlers: self.handlers.clone(),
+                    spec: spec.clone(),
+                    fire_time: ctx.fire_time,
+                    started,
+                    item: ctx.item,
+                    status,
+                    instance: ctx.instance.clone(),
+                    dedup_horizon: self.dedup_horizon,
+                }
+                .run(),
+            );
+        }
         let _ = self.done.send(Done {
             job: ctx.job,
             item: ctx.item,
@@ -1289,9 +1350,10 @@ impl RunTask {
         handler: &Arc<dyn crate::execute::SimpleJob>,
         spec: &Arc<JobSpec>,
         ctx: &ShardingContext,
-        cancel: watch::Receiver<bool>,
-        reason: &Arc<Mutex<Option<(ExecutionStatus, String)>>>,
+        signals: &Signals,
     ) -> (ExecutionStatus, bool, DateTime<Utc>) {
+        let cancel = signals.cancel.clone();
+        let reason = &signals.reason;
         let start = self.shared.clock.wall();
         self.history.record(HistoryEvent::Record(ExecutionRecord {
             id: ctx.execution_id.clone(),
@@ -1313,7 +1375,9 @@ impl RunTask {
             cause: None,
             output: None,
         }));
-        let job_ctx = JobContext::new(ctx.clone(), spec.clone(), cancel.clone());
+        let job_ctx = JobContext::new(ctx.clone(), spec.clone(), cancel.clone())
+            .with_wind_down(signals.wind_down.clone());
+        let listener_ctx = job_ctx.clone();
         let cancel_flag = cancel.clone();
         let cancelled = {
             let c = JobContext::new(ctx.clone(), spec.clone(), cancel);
@@ -1325,7 +1389,13 @@ impl RunTask {
                 None => std::future::pending::<()>().await,
             }
         };
-        let handler_run = handler.execute(job_ctx);
+        let handlers = &self.handlers;
+        let handler_run = async move {
+            if !spec.listeners.is_empty() {
+                crate::listeners::before(handlers, &job_ctx).await?;
+            }
+            handler.execute(job_ctx).await
+        };
         tokio::pin!(handler_run);
         let (status, cause, output) = tokio::select! {
             r = &mut handler_run => match r {
@@ -1384,6 +1454,10 @@ impl RunTask {
         } else {
             tracing::warn!("execution finished: {summary}");
         }
+        let outcome = crate::execute::Outcome {
+            status,
+            cause: cause.clone(),
+        };
         self.history.record(HistoryEvent::Update(ExecutionUpdate {
             id: ctx.execution_id.clone(),
             status,
@@ -1393,6 +1467,9 @@ impl RunTask {
             output,
             message: None,
         }));
+        if !spec.listeners.is_empty() && !fenced {
+            crate::listeners::after(&self.handlers, &listener_ctx, &outcome).await;
+        }
         (status, fenced, end)
     }
 

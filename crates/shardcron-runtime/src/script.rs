@@ -350,6 +350,22 @@ impl SimpleJob for ScriptJob {
                 kind_name(&ctx.spec.kind)
             )));
         };
+        let json = serde_json::to_string(&ctx.sharding)
+            .map_err(|e| JobError(format!("cannot encode the run's context as JSON: {e}")))?;
+        self.run_command(command, &ctx, json).await
+    }
+}
+
+impl ScriptJob {
+    /// Run `command` (argv) as a script of `ctx`'s run: allow-list, environment
+    /// (plus [`JobContext::extra_env`]), `json` as the last argument, process
+    /// group, output tails, cancellation. Listeners' commands run this way too.
+    pub async fn run_command(
+        &self,
+        command: &[String],
+        ctx: &JobContext,
+        json: String,
+    ) -> Result<Option<String>, JobError> {
         let program = check_allowed(command, &self.options.allow).map_err(JobError)?;
         if ctx.is_cancelled() {
             return Err(JobError(format!(
@@ -357,11 +373,9 @@ impl SimpleJob for ScriptJob {
                 command[0]
             )));
         }
-        let json = serde_json::to_string(&ctx.sharding)
-            .map_err(|e| JobError(format!("cannot encode the run's context as JSON: {e}")))?;
         let opts = &self.options;
-        let run = Run::start(opts, &program, &command[1..], &ctx.sharding, json)?;
-        run.finish(&ctx, opts, &command[0]).await
+        let run = Run::start(opts, &program, &command[1..], ctx, json)?;
+        run.finish(ctx, opts, &command[0]).await
     }
 }
 
@@ -423,7 +437,7 @@ impl Run {
         opts: &ScriptOptions,
         program: &Path,
         args: &[String],
-        ctx: &ShardingContext,
+        ctx: &JobContext,
         json: String,
     ) -> Result<Run, JobError> {
         let mut cmd = match &opts.supervisor {
@@ -437,7 +451,8 @@ impl Run {
         cmd.args(args)
             .arg(json)
             .env_clear()
-            .envs(child_environment(std::env::vars_os(), ctx))
+            .envs(child_environment(std::env::vars_os(), &ctx.sharding))
+            .envs(ctx.extra_env().iter().map(|(k, v)| (k, v)))
             .stdin(if opts.supervisor.is_some() {
                 Stdio::piped()
             } else {

@@ -90,16 +90,7 @@ fn parse_environ(bytes: &[u8]) -> BTreeMap<OsString, OsString> {
         .collect()
 }
 
-/// Whether a process is gone (or a zombie: dead, waiting for its reaper, which in
-/// a container may never come).
-fn is_dead(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
-}
+use shardcron_testkit::process_is_dead as is_dead;
 
 async fn dies_within(pid: i32, bound: Duration) -> bool {
     let start = Instant::now();

@@ -403,3 +403,33 @@ pub async fn claims_paused_then_join(env: &Env, name: &str) -> PausedClaims {
         b,
     }
 }
+
+/// The final state of every execution in `h` (its record with the last update
+/// applied), in start order.
+pub fn executions(h: &MemoryHistory) -> Vec<shardcron_core::ExecutionRecord> {
+    use shardcron_store::HistoryEvent;
+    let mut out: Vec<shardcron_core::ExecutionRecord> = Vec::new();
+    for e in h.events() {
+        match e {
+            HistoryEvent::Record(r) => out.push(r),
+            HistoryEvent::Update(u) => {
+                if let Some(r) = out.iter_mut().find(|r| r.id == u.id) {
+                    r.status = u.status;
+                    r.ended_at = u.ended_at;
+                    r.cause = u.cause.or(r.cause.take());
+                    r.output = u.output.or(r.output.take());
+                }
+            }
+        }
+    }
+    out.sort_by_key(|r| r.started_at);
+    out
+}
+
+/// The executions of `h` that have ended.
+pub fn ended(h: &MemoryHistory) -> Vec<shardcron_core::ExecutionRecord> {
+    executions(h)
+        .into_iter()
+        .filter(|r| r.status.is_terminal())
+        .collect()
+}
