@@ -7,11 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 use shardcron_alert::{AlertConfig, AlertKind, AlertSender, SenderOptions};
 use tokio::time::Instant;
 
@@ -71,24 +68,9 @@ fn check_text(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn json_content_type(r: &Recorded) -> Result<(), String> {
-    let ct = r
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if r.method != axum::http::Method::POST {
-        return Err(format!("method {}", r.method));
-    }
-    if ct != "application/json" {
-        return Err(format!("content-type {ct:?}"));
-    }
-    Ok(())
-}
-
 /// `{"msgtype":"text","text":{"content": ...}}` and nothing else.
 fn check_robot_text(r: &Recorded) -> Result<(), String> {
-    json_content_type(r)?;
+    r.check_json_post()?;
     let v = r.json();
     let obj = v.as_object().ok_or("body is not an object")?;
     if obj.len() != 2 || v["msgtype"] != "text" {
@@ -112,7 +94,7 @@ async fn webhook_posts_alert_json_with_headers() {
         ok_status: 204,
         ok_body: String::new(),
         validator: Arc::new(|r| {
-            json_content_type(r)?;
+            r.check_json_post()?;
             if r.path != "/hooks/tok-path" || r.param("sig").as_deref() != Some("q-token") {
                 return Err(format!("path/query {} {}", r.path, r.query));
             }
@@ -170,7 +152,7 @@ async fn slack_gets_text_only() {
         ok_status: 200,
         ok_body: "ok".into(),
         validator: Arc::new(|r| {
-            json_content_type(r)?;
+            r.check_json_post()?;
             let v = r.json();
             let obj = v.as_object().ok_or("not an object")?;
             if obj.len() != 1 {
@@ -198,22 +180,7 @@ fn check_dingtalk(r: &Recorded, secret: &str, now_ms: i64) -> Result<(), String>
     if r.path != "/robot/send" || r.param("access_token").as_deref() != Some("ding-token") {
         return Err(format!("path/token {} {}", r.path, r.query));
     }
-    let ts: i64 = r
-        .param("timestamp")
-        .ok_or("no timestamp")?
-        .parse()
-        .map_err(|_| "timestamp is not a number")?;
-    if (now_ms - ts).abs() > 3_600_000 {
-        return Err(format!("stale timestamp {ts}"));
-    }
-    let sign = r.param("sign").ok_or("no sign")?;
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
-    mac.update(format!("{ts}\n{secret}").as_bytes());
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    if sign != expected {
-        return Err(format!("sign mismatch: {sign} != {expected}"));
-    }
+    check_dingtalk_signature(r, secret, now_ms)?;
     check_robot_text(r)
 }
 

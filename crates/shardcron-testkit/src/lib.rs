@@ -1,9 +1,13 @@
 //! Test fixtures that start real servers on free loopback ports in temporary
 //! directories, and stop them when dropped.
 //!
+//! [`capture`] has loopback servers that record what alert channels send (HTTP
+//! and SMTP).
+//!
 //! A fixture whose server cannot start panics with the reason and the tail of the
 //! server's log: a test that needs a server never skips silently.
 
+pub mod capture;
 pub mod etcd;
 pub mod mariadb;
 pub mod postgres;
@@ -80,4 +84,15 @@ pub fn find_binary(name: &str) -> Option<std::path::PathBuf> {
         .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(Into::into))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// Whether process `pid` is gone, or a zombie (dead, waiting for a reaper that in
+/// a container may never come).
+pub fn process_is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
 }

@@ -395,3 +395,228 @@ fn bad_settings_are_refused_with_exit_2_naming_the_flag_or_key() {
         &["--history"],
     );
 }
+
+/// RFC 3339 time `secs` from now, for one-off (`at`) jobs.
+fn in_secs(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn time_of(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|| panic!("a time: {v}"))
+}
+
+/// Retries, a timeout that kills a script's children, `max_concurrent`, and
+/// before/after/after_all listeners, configured in a job file as a user would.
+#[test]
+fn standalone_runs_job_policies_and_listeners_from_a_job_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).expect("mkdir");
+    // Fails twice, then succeeds (the count is kept next to the script).
+    write_script(
+        &jobs,
+        "flaky.sh",
+        r#"n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count
+echo "attempt $SHARDCRON_ATTEMPT (run $n)"
+[ $n -ge 3 ] || exit 4"#,
+    );
+    // Starts a grandchild that would outlive it, then hangs.
+    write_script(
+        &jobs,
+        "slow.sh",
+        "sleep 300 &\necho $! > grandchild.pid\nsleep 300",
+    );
+    write_script(&jobs, "busy.sh", "sleep 0.6");
+    write_script(&jobs, "work.sh", "echo working on $SHARDCRON_ITEM");
+    write_script(
+        &jobs,
+        "listen.sh",
+        r#"echo "$SHARDCRON_LISTENER fire=$SHARDCRON_FIRE_TIME item=$SHARDCRON_ITEM status=$SHARDCRON_STATUS items=$SHARDCRON_ITEMS complete=$SHARDCRON_COMPLETE" >> listen.log"#,
+    );
+    let config = jobs.join("shardcron.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[job]]
+name = "flaky"
+at = "{at}"
+command = ["./flaky.sh"]
+retries = {{ max = 3, initial = "200ms", max_delay = "1s" }}
+
+[[job]]
+name = "slow"
+at = "{at}"
+command = ["./slow.sh"]
+timeout = "1s"
+
+[[job]]
+name = "capped"
+every = "1s"
+shards = 3
+max_concurrent = 1
+misfire = "skip"
+command = ["./busy.sh"]
+
+[[job]]
+name = "listened"
+every = "2s"
+shards = 2
+command = ["./work.sh"]
+
+[[job.listeners]]
+on = "before"
+command = ["./listen.sh"]
+
+[[job.listeners]]
+on = "after"
+command = ["./listen.sh"]
+
+[[job.listeners]]
+on = "after_all"
+command = ["./listen.sh"]
+wait = "20s"
+"#,
+            // Far enough ahead that the node is up before: the first attempt
+            // is an ordinary fire, not a misfire.
+            at = in_secs(6)
+        ),
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let mut cmd = bin();
+    cmd.args(["standalone", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&data);
+    let node = Node::start(cmd, &dir.path().join("node.log"));
+    let db = data.join("history.db");
+    let listen_log = jobs.join("listen.log");
+    let after_all_lines = || {
+        std::fs::read_to_string(&listen_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("after_all"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), || db.exists()
+            && history(&db, &["--job", "flaky", "--status", "SUCCEEDED"]).len()
+                == 1
+            && !history(&db, &["--job", "slow", "--status", "TIMED_OUT"])
+                .is_empty()
+            && history(&db, &["--job", "capped"]).len() >= 6
+            && after_all_lines() >= 3),
+        "the jobs ran: {}",
+        node.log()
+    );
+    // Let the runs in flight finish, then stop.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(node.terminate().success());
+
+    // Retries: attempts 1 and 2 failed, the third (source RETRY) succeeded, one
+    // token for all three.
+    let mut flaky = history(&db, &["--job", "flaky"]);
+    flaky.sort_by_key(|r| r["attempt"].as_u64());
+    let shape: Vec<(u64, &str, &str)> = flaky
+        .iter()
+        .map(|r| {
+            (
+                r["attempt"].as_u64().unwrap_or(0),
+                r["status"].as_str().unwrap_or(""),
+                r["source"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, "FAILED", "NORMAL"),
+            (2, "FAILED", "RETRY"),
+            (3, "SUCCEEDED", "RETRY")
+        ],
+        "{flaky:?}"
+    );
+    assert!(flaky.iter().all(|r| r["token"] == flaky[0]["token"]));
+    assert!(
+        flaky[0]["cause"].as_str().is_some_and(|c| c.contains("4")),
+        "the cause names the exit code: {}",
+        flaky[0]
+    );
+
+    // Timeout: TIMED_OUT, and the script's background child is gone too.
+    let slow = history(&db, &["--job", "slow"]);
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    assert_eq!(slow[0]["status"], "TIMED_OUT");
+    let pid: i32 = std::fs::read_to_string(jobs.join("grandchild.pid"))
+        .expect("grandchild pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            shardcron_testkit::process_is_dead(pid)
+        }),
+        "the timed-out script's child {pid} was killed"
+    );
+
+    // max_concurrent = 1: no two runs of `capped` overlap on this instance.
+    let mut spans: Vec<_> = history(&db, &["--job", "capped"])
+        .iter()
+        .filter(|r| !r["ended_at"].is_null() && r["status"] == "SUCCEEDED")
+        .map(|r| (time_of(&r["started_at"]), time_of(&r["ended_at"])))
+        .collect();
+    spans.sort();
+    assert!(spans.len() >= 5, "{spans:?}");
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "two runs overlap: {w:?}");
+    }
+
+    // Listeners: per fire, before and after for each item, then one after_all
+    // with both items' statuses, written after both `after` lines.
+    let log = std::fs::read_to_string(&listen_log).expect("listener log");
+    let mut fires: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for line in log.lines() {
+        let fire = line
+            .split(" fire=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .expect("fire");
+        fires.entry(fire.to_owned()).or_default().push(line);
+    }
+    let mut complete_fires = 0;
+    for (fire, lines) in &fires {
+        let all: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("after_all"))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(all.len() <= 1, "after_all ran twice for {fire}: {lines:?}");
+        let Some(&at) = all.first() else { continue };
+        complete_fires += 1;
+        let all_line = lines[at];
+        assert!(
+            all_line.contains("items=0=SUCCEEDED,1=SUCCEEDED complete=true"),
+            "{all_line}"
+        );
+        for item in 0..2 {
+            let before = lines
+                .iter()
+                .position(|l| l.starts_with(&format!("before fire={fire} item={item} ")))
+                .unwrap_or_else(|| panic!("before for item {item} of {fire}: {lines:?}"));
+            let after = lines
+                .iter()
+                .position(|l| {
+                    l.starts_with(&format!("after fire={fire} item={item} status=SUCCEEDED"))
+                })
+                .unwrap_or_else(|| panic!("after for item {item} of {fire}: {lines:?}"));
+            assert!(before < after && after < at, "order in {fire}: {lines:?}");
+        }
+    }
+    assert!(complete_fires >= 3, "{log}");
+}

@@ -32,15 +32,7 @@ fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
 
-/// Whether a process is gone or a zombie.
-fn is_dead(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
-}
+use shardcron_testkit::process_is_dead as is_dead;
 
 fn dies_within(pid: i32, bound: Duration) -> bool {
     let start = Instant::now();

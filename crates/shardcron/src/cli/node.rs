@@ -1,19 +1,15 @@
 //! `shardcron standalone` and `shardcron agent`: one instance of a cluster, with
-//! its registry, its history writer, the config file's jobs and the script runner.
+//! its registry, its history writer, the config file's jobs, the script and HTTP
+//! runners, and the config file's alert channels: the SDK's [`Node`] fed from
+//! flags and the config file.
 
 use std::ffi::OsString;
-use std::path::Path;
-use std::sync::Arc;
 
 use clap::Args;
-use shardcron_core::clock::SystemClock;
-use shardcron_registry::{EtcdOptions, EtcdRegistry, EtcdTls, MemoryRegistry, Registry};
-use shardcron_runtime::script::{ScriptJob, ScriptOptions, Supervisor};
-use shardcron_runtime::{
-    ApplyOutcome, Cluster, Handlers, HttpJob, HttpOptions, Instance, InstanceConfig, Runner,
-    SchedulerOptions,
-};
-use shardcron_store::{HistoryStore, HistoryWriter, WriterOptions};
+use shardcron::{Node, NodeError};
+use shardcron_registry::{EtcdOptions, EtcdTls};
+use shardcron_runtime::script::{ScriptOptions, Supervisor};
+use shardcron_runtime::{HttpOptions, InstanceConfig};
 
 use super::settings::{AgentFlags, NodeFlags, Resolved};
 use super::{CliError, CliResult};
@@ -115,49 +111,29 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
     std::fs::create_dir_all(data).map_err(|e| {
         CliError::invalid("--data", format!("cannot create {}: {e}", data.display()))
     })?;
-    let clock = SystemClock::shared();
-    let (registry, memory): (Arc<dyn Registry>, Option<MemoryRegistry>) = match &mode {
-        Mode::Standalone => {
-            let dir = data.join("registry");
-            let m = MemoryRegistry::open(&dir).map_err(|e| {
-                CliError::Failed(anyhow::anyhow!(
-                    "cannot open the embedded registry in {}: {e}",
-                    dir.display()
-                ))
-            })?;
-            (Arc::new(m.clone()), Some(m))
-        }
-        Mode::Agent => (Arc::new(connect_etcd(&resolved).await?), None),
+    let builder = match &mode {
+        Mode::Standalone => Node::standalone(data),
+        Mode::Agent => Node::etcd_with(etcd_options(&resolved)?),
     };
-    let history_url = resolved
-        .history
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", absolute_display(&data.join("history.db"))));
-    let store = HistoryStore::connect(&history_url)
-        .await
-        .map_err(|e| CliError::Failed(anyhow::anyhow!("history database: {e}")))?;
-    let writer = HistoryWriter::start(store.clone(), WriterOptions::new(data.join("spool")))
-        .await
-        .map_err(|e| CliError::Failed(anyhow::anyhow!("history spool: {e}")))?;
-
-    let http = HttpJob::new(HttpOptions::default())
-        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot set up the HTTP job client: {e}")))?;
-    let handlers = Handlers::new()
-        .register("script", ScriptJob::new(script_options(&resolved)))
-        .register("http", http);
-    let runner = Runner {
-        handlers,
-        history: Arc::new(writer.clone()),
-        options: SchedulerOptions::default(),
-    };
-    let instance = Instance::start_with(registry.clone(), clock.clone(), config, runner)
-        .await
-        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot join the cluster: {e}")))?;
-
-    if let Some(file) = &resolved.config {
-        apply_jobs(&Cluster::new(registry.clone(), clock), file).await?;
+    let mut builder = builder
+        .data_dir(data)
+        .instance_config(config)
+        .scripts(script_options(&resolved))
+        .http(HttpOptions::default());
+    if let Some(url) = &resolved.history {
+        builder = builder.history(url);
     }
-    let instance = Arc::new(instance);
+    if let Some(file) = &resolved.config {
+        builder = builder.alerts(file.alerts.clone());
+        for job in &file.jobs {
+            builder = builder.job(job.clone());
+        }
+    }
+    let node = builder.start().await.map_err(|e| match e {
+        NodeError::Invalid(m) => CliError::Invalid(m),
+        NodeError::Failed(m) => CliError::Failed(anyhow::anyhow!(m)),
+    })?;
+    let instance = node.instance();
     let http = match resolved.bind {
         Some(addr) => Some(super::http::spawn(addr, instance.clone()).await?),
         None => None,
@@ -167,32 +143,25 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
         instance = instance.id().unwrap_or_default(),
         name = instance.name(),
         data = %data.display(),
-        history = store.url(),
+        history = node.history().url(),
         bind = ?resolved.bind,
         "shardcron is running (Ctrl-C or SIGTERM stops it gracefully)"
     );
-    let waited = instance.wait_for_shutdown_signal().await;
+    let waited = node.wait_for_shutdown_signal().await;
     if let Some(h) = http {
         h.abort();
         let _ = h.await;
     }
-    let instance = Arc::try_unwrap(instance).map_err(|_| {
-        CliError::Failed(anyhow::anyhow!("the instance is still shared at shutdown"))
-    })?;
-    let stopped = instance.shutdown().await;
-    if let Err(e) = writer.shutdown().await {
-        tracing::error!(error = %e, "the history writer did not flush everything");
-    }
-    if let Some(m) = memory {
-        let _ = m.close().await;
-    }
+    let stopped = node.shutdown().await;
     waited.map_err(|e| CliError::Failed(e.into()))?;
     stopped.map_err(|e| CliError::Failed(e.into()))?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn connect_etcd(r: &Resolved) -> Result<EtcdRegistry, CliError> {
+/// The etcd connection the flags describe (TLS files read, password from the
+/// environment).
+fn etcd_options(r: &Resolved) -> Result<EtcdOptions, CliError> {
     let url = r.registry.as_deref().unwrap_or_default();
     let ns = r.namespace.as_deref().unwrap_or_default();
     let mut opts =
@@ -243,9 +212,7 @@ async fn connect_etcd(r: &Resolved) -> Result<EtcdRegistry, CliError> {
     }
     opts.validate()
         .map_err(|e| CliError::invalid("--registry", e))?;
-    EtcdRegistry::connect(opts)
-        .await
-        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot connect to etcd at {url}: {e}")))
+    Ok(opts)
 }
 
 fn script_options(r: &Resolved) -> ScriptOptions {
@@ -262,40 +229,4 @@ fn script_options(r: &Resolved) -> ScriptOptions {
         });
     }
     opts
-}
-
-async fn apply_jobs(cluster: &Cluster, file: &super::settings::ConfigFile) -> CliResult {
-    for job in &file.jobs {
-        let name = job.name.as_str();
-        match cluster.apply_job(job).await {
-            Ok(ApplyOutcome::Created) => {
-                tracing::info!(job = name, "job created from the config file")
-            }
-            Ok(ApplyOutcome::Overwritten) => {
-                tracing::info!(
-                    job = name,
-                    "job updated from the config file (overwrite = true)"
-                )
-            }
-            Ok(ApplyOutcome::Unchanged) => tracing::debug!(job = name, "job unchanged"),
-            Ok(ApplyOutcome::Conflict) => tracing::warn!(
-                job = name,
-                "the registry's copy of this job differs from the config file; kept the registry's copy (set overwrite = true in the file to replace it)"
-            ),
-            Err(e) => {
-                return Err(CliError::Failed(anyhow::anyhow!(
-                    "cannot apply job {name:?} from {}: {e}",
-                    file.path.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn absolute_display(p: &Path) -> String {
-    std::path::absolute(p)
-        .unwrap_or_else(|_| p.to_path_buf())
-        .display()
-        .to_string()
 }

@@ -26,6 +26,10 @@
 //! [scripts]
 //! allow = ["/opt/jobs", "scripts"]
 //! ```
+//!
+//! and any number of `[[alert]]` tables: the node's alert channels (format in
+//! `shardcron_alert`), which the jobs' `alerts` lists name. A JSON config file may
+//! hold them as an `alert` array.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,8 +37,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use shardcron_alert::AlertConfig;
 use shardcron_core::duration::parse_duration;
-use shardcron_core::job::{JobFile, JobKind, JobSpec};
+use shardcron_core::job::{JobFile, JobKind, JobSpec, ListenerAction};
 use shardcron_runtime::script::{check_allowed, parse_allow_env};
 
 use super::CliError;
@@ -176,6 +181,8 @@ pub(crate) struct ConfigFile {
     pub(crate) dir: PathBuf,
     /// Its jobs, script commands made absolute.
     pub(crate) jobs: Vec<JobSpec>,
+    /// Its `[[alert]]` channels.
+    pub(crate) alerts: Vec<AlertConfig>,
     settings: FileSettings,
     scripts_allow: Option<Vec<PathBuf>>,
 }
@@ -194,7 +201,8 @@ impl ConfigFile {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         let mut problems: Vec<String> = Vec::new();
-        let parsed = if path.extension().is_some_and(|e| e == "json") {
+        let json = path.extension().is_some_and(|e| e == "json");
+        let parsed = if json {
             JobFile::from_json(&text)
         } else {
             JobFile::from_toml(&text)
@@ -206,6 +214,7 @@ impl ConfigFile {
                 Vec::new()
             }
         };
+        let alerts = read_alert_channels(&text, json, path, &jobs, true, &mut problems);
         let mut settings = FileSettings::default();
         let mut scripts_allow = None;
         if path.extension().is_none_or(|e| e != "json")
@@ -218,14 +227,25 @@ impl ConfigFile {
                 scripts_allow = read_scripts(v, &dir, &mut problems);
             }
         }
-        for job in &mut jobs {
-            if let JobKind::Script { command } = &mut job.kind
-                && let Some(first) = command.first_mut()
+        // Programs (of script jobs and of command listeners) are relative to
+        // the file.
+        let absolute_program = |command: &mut Vec<String>| {
+            if let Some(first) = command.first_mut()
                 && !Path::new(first.as_str()).is_absolute()
             {
                 *first = normalize(&dir.join(first.as_str()))
                     .to_string_lossy()
                     .into_owned();
+            }
+        };
+        for job in &mut jobs {
+            if let JobKind::Script { command } = &mut job.kind {
+                absolute_program(command);
+            }
+            for l in &mut job.listeners {
+                if let ListenerAction::Command(command) = &mut l.action {
+                    absolute_program(command);
+                }
             }
         }
         if !problems.is_empty() {
@@ -241,10 +261,88 @@ impl ConfigFile {
             path: path.to_path_buf(),
             dir,
             jobs,
+            alerts,
             settings,
             scripts_allow,
         })
     }
+}
+
+/// The `[[alert]]` channels of a config file's `text` (TOML, or JSON when `json`:
+/// an `alert` array), each problem added to `problems` naming its field
+/// (`alert[1].url: ...`) and never quoting a secret. With `check_names`, every name
+/// in a job's `alerts` must be one of the file's channels. Syntax errors of the
+/// file are left to the job reader, which reports them.
+pub(crate) fn read_alert_channels(
+    text: &str,
+    json: bool,
+    path: &Path,
+    jobs: &[JobSpec],
+    check_names: bool,
+    problems: &mut Vec<String>,
+) -> Vec<AlertConfig> {
+    // The channels, and the names of the tables (read from the raw tables, so that
+    // a job naming a channel whose table has a problem is not reported too).
+    let (channels, names): (Vec<AlertConfig>, Vec<String>) = if json {
+        let value = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|root| root.get("alert").cloned());
+        match value {
+            None => (Vec::new(), Vec::new()),
+            Some(v) => {
+                let names = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+                    .collect();
+                let read = AlertConfig::list_from_json(&v, "alert");
+                (collect(read, problems), names)
+            }
+        }
+    } else {
+        let value = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut root| root.remove("alert"));
+        match value {
+            None => (Vec::new(), Vec::new()),
+            Some(v) => {
+                let names = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+                    .collect();
+                let read = AlertConfig::list_from_toml(&v, "alert");
+                (collect(read, problems), names)
+            }
+        }
+    };
+    if check_names {
+        for job in jobs {
+            for (i, name) in job.alerts.iter().flatten().enumerate() {
+                if !names.contains(name) {
+                    problems.push(format!(
+                        "job {:?}: alerts[{i}]: no [[alert]] channel named {name:?} in {}",
+                        job.name.as_str(),
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    channels
+}
+
+fn collect(
+    read: Result<Vec<AlertConfig>, shardcron_alert::AlertConfigErrors>,
+    problems: &mut Vec<String>,
+) -> Vec<AlertConfig> {
+    read.unwrap_or_else(|errors| {
+        problems.extend(errors.0.iter().map(ToString::to_string));
+        Vec::new()
+    })
 }
 
 fn read_settings(v: &toml::Value, dir: &Path, problems: &mut Vec<String>) -> FileSettings {
@@ -501,16 +599,22 @@ impl Resolved {
         let Some(config) = &self.config else {
             return Ok(());
         };
-        let problems: Vec<String> = config
-            .jobs
-            .iter()
-            .filter_map(|job| match &job.kind {
-                JobKind::Script { command } => check_allowed(command, &self.script_allow)
-                    .err()
-                    .map(|e| format!("job {:?}: command: {e}", job.name.as_str())),
-                _ => None,
-            })
-            .collect();
+        let mut problems: Vec<String> = Vec::new();
+        for job in &config.jobs {
+            let mut check = |field: String, command: &[String]| {
+                if let Err(e) = check_allowed(command, &self.script_allow) {
+                    problems.push(format!("job {:?}: {field}: {e}", job.name.as_str()));
+                }
+            };
+            if let JobKind::Script { command } = &job.kind {
+                check("command".into(), command);
+            }
+            for (i, l) in job.listeners.iter().enumerate() {
+                if let ListenerAction::Command(command) = &l.action {
+                    check(format!("listeners[{i}].command"), command);
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
