@@ -14,8 +14,8 @@ use shardcron_registry::{Compare, RangeRequest, Registry, Txn, TxnOp};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::{
-    CancelRequest, Generation, InstanceFlag, InstanceInfo, ItemFlag, LeaderInfo, ShutdownRequest,
-    TriggerRequest, decode, encode,
+    CancelRequest, Generation, InstanceFlag, InstanceInfo, ItemFlag, LastFire, LeaderInfo,
+    RunRecord, ShutdownRequest, TriggerRequest, decode, encode,
 };
 
 /// How long an unprocessed request is kept before it expires with its lease.
@@ -33,6 +33,17 @@ pub enum ApplyOutcome {
     /// The job differed and the file did not say `overwrite = true`: the registry
     /// copy (edited through the API or console) was kept.
     Conflict,
+}
+
+/// What the registry holds about one item of a job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemState {
+    /// Its operator flag, if one was ever set.
+    pub flag: Option<ItemFlag>,
+    /// Its last decided fire and completion.
+    pub last: Option<LastFire>,
+    /// Its running execution.
+    pub run: Option<RunRecord>,
 }
 
 /// A job as stored, with the revision of its last change.
@@ -271,6 +282,78 @@ impl Cluster {
         for kv in resp.kvs {
             if let keys::Key::Item(_, i) = keys::Key::parse(&kv.key) {
                 out.insert(i, decode::<ItemFlag>(&kv.key, &kv.value)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the registry says of each item of `job` that has state: its flag,
+    /// its last decided fire and its running execution. Items never fired and
+    /// never flagged are absent.
+    pub async fn item_states(&self, job: &str) -> Result<BTreeMap<u32, ItemState>> {
+        let mut out: BTreeMap<u32, ItemState> = BTreeMap::new();
+        for (i, flag) in self.item_flags(job).await? {
+            out.entry(i).or_default().flag = Some(flag);
+        }
+        for (i, last) in self.per_item::<LastFire>(keys::LAST, job).await? {
+            out.entry(i).or_default().last = Some(last);
+        }
+        for (i, run) in self.per_item::<RunRecord>(keys::RUNS, job).await? {
+            out.entry(i).or_default().run = Some(run);
+        }
+        Ok(out)
+    }
+
+    async fn per_item<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        job: &str,
+    ) -> Result<Vec<(u32, T)>> {
+        let p = format!("{prefix}{job}/");
+        let resp = self
+            .registry
+            .range(RangeRequest::prefix(p.clone().into_bytes()))
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs {
+            let item = std::str::from_utf8(&kv.key)
+                .ok()
+                .and_then(|k| k.strip_prefix(p.as_str()))
+                .and_then(|i| i.parse::<u32>().ok());
+            if let Some(i) = item {
+                out.push((i, decode::<T>(&kv.key, &kv.value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every running execution of the namespace: `(job, item, run)`.
+    pub async fn running(&self) -> Result<Vec<(String, u32, RunRecord)>> {
+        let resp = self
+            .registry
+            .range(RangeRequest::prefix(keys::RUNS.as_bytes().to_vec()))
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs {
+            if let Some((job, item)) = keys::job_item(&kv.key, keys::RUNS) {
+                out.push((job, item, decode::<RunRecord>(&kv.key, &kv.value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Instance flags by stable name (names without a flag are enabled).
+    pub async fn instance_flags(&self) -> Result<BTreeMap<String, InstanceFlag>> {
+        let resp = self
+            .registry
+            .range(RangeRequest::prefix(
+                keys::INSTANCE_FLAGS.as_bytes().to_vec(),
+            ))
+            .await?;
+        let mut out = BTreeMap::new();
+        for kv in resp.kvs {
+            if let keys::Key::InstanceFlag(name) = keys::Key::parse(&kv.key) {
+                out.insert(name, decode::<InstanceFlag>(&kv.key, &kv.value)?);
             }
         }
         Ok(out)

@@ -711,26 +711,7 @@ impl Shared {
     }
 
     pub(crate) fn placement(&self, spec: &JobSpec) -> JobPlacement {
-        if !spec.enabled {
-            return JobPlacement::Disabled;
-        }
-        let Some(current) = self.generation() else {
-            return JobPlacement::NoGeneration;
-        };
-        let eligible: Vec<ShardingInstance> = slot_order(&current, spec)
-            .into_iter()
-            .map(|m| ShardingInstance {
-                id: m.id.clone(),
-                weight: m.weight.max(1),
-            })
-            .collect();
-        if eligible.is_empty() {
-            return JobPlacement::NoEligibleInstance;
-        }
-        JobPlacement::Assigned(
-            spec.strategy
-                .assign(spec.name.as_str(), spec.shards, &eligible),
-        )
+        placement_in(self.generation().as_ref(), spec)
     }
 
     pub(crate) fn skew_status(&self) -> SkewStatus {
@@ -843,6 +824,31 @@ async fn graceful_stop(shared: &Arc<Shared>) -> Result<()> {
         shared.registry.lease_revoke(s.lease.id).await?;
     }
     Ok(())
+}
+
+/// Where `spec`'s items run in `generation` (the same computation every instance
+/// makes; the console uses it to show owners).
+pub fn placement_in(generation: Option<&Generation>, spec: &JobSpec) -> JobPlacement {
+    if !spec.enabled {
+        return JobPlacement::Disabled;
+    }
+    let Some(current) = generation else {
+        return JobPlacement::NoGeneration;
+    };
+    let eligible: Vec<ShardingInstance> = slot_order(current, spec)
+        .into_iter()
+        .map(|m| ShardingInstance {
+            id: m.id.clone(),
+            weight: m.weight.max(1),
+        })
+        .collect();
+    if eligible.is_empty() {
+        return JobPlacement::NoEligibleInstance;
+    }
+    JobPlacement::Assigned(
+        spec.strategy
+            .assign(spec.name.as_str(), spec.shards, &eligible),
+    )
 }
 
 /// The selector of a job: which members may run it (the capabilities it needs,

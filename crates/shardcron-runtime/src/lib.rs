@@ -27,7 +27,7 @@ pub mod script;
 pub mod skew;
 mod tail;
 
-pub use cluster::{ApplyOutcome, Cluster, StoredJob};
+pub use cluster::{ApplyOutcome, Cluster, ItemState, StoredJob};
 pub use dataflow::DataflowJob;
 pub use error::{Error, Result};
 pub use execute::{
@@ -35,7 +35,9 @@ pub use execute::{
     MemoryHistory, Outcome, SimpleJob,
 };
 pub use http_job::{HttpJob, HttpOptions};
-pub use instance::{Instance, InstanceConfig, InstanceEvent, JobPlacement, JobReader, Runner};
+pub use instance::{
+    Instance, InstanceConfig, InstanceEvent, JobPlacement, JobReader, Runner, placement_in,
+};
 pub use scheduler::SchedulerOptions;
 pub use script::{ScriptJob, ScriptOptions, Supervisor};
 pub use skew::SkewStatus;

@@ -9,10 +9,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::fs::{self, Permissions};
+use std::fs;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use shardcron_runtime::{
     MemoryHistory, Runner, SchedulerOptions, ScriptJob, ScriptOptions, SimpleJob,
 };
 use shardcron_store::HistoryEvent;
+use shardcron_testkit::write_script;
 use tempfile::TempDir;
 
 const T: Duration = Duration::from_secs(20);
@@ -123,6 +123,12 @@ impl Work {
             slow_item: None,
             fail: Vec::new(),
         }
+    }
+
+    /// This job, failing these items.
+    fn failing(mut self, items: &[u32]) -> Work {
+        self.fail = items.to_vec();
+        self
     }
 }
 
@@ -241,9 +247,24 @@ async fn start(env: &Env, name: &str, handlers: Handlers, h: &Arc<MemoryHistory>
 
 /// `work` and the probe `audit`, registered on an instance named `host`.
 fn audited(host: &str, journal: &Journal, h: &Arc<MemoryHistory>) -> Handlers {
+    audited_work(Work::new(host, journal), h)
+}
+
+/// This `work` and the probe `audit`, registered on the job's host.
+fn audited_work(work: Work, h: &Arc<MemoryHistory>) -> Handlers {
+    let audit = Probe::new("audit", &work.host, &work.journal, h);
     Handlers::new()
-        .register("work", Work::new(host, journal))
-        .listener("audit", Probe::new("audit", host, journal, h))
+        .register("work", work)
+        .listener("audit", audit)
+}
+
+/// A test's environment on backend `b`, with an empty journal and history.
+async fn setup(b: Backend) -> (Env, Journal, Arc<MemoryHistory>) {
+    (
+        Env::new(b).await,
+        Journal::default(),
+        Arc::new(MemoryHistory::new()),
+    )
 }
 
 async fn trigger(env: &Env, job: &str) {
@@ -272,16 +293,8 @@ async fn two(
 }
 
 async fn before_and_after_run_around_each_execution_where_it_runs(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
-    let handlers = |host: &str| {
-        let mut work = Work::new(host, &journal);
-        work.fail = vec![1];
-        Handlers::new()
-            .register("work", work)
-            .listener("audit", Probe::new("audit", host, &journal, &h))
-    };
+    let (env, journal, h) = setup(b).await;
+    let handlers = |host: &str| audited_work(Work::new(host, &journal).failing(&[1]), &h);
     let (a, bb) = two(&env, handlers, &h).await;
     create_job(
         &env,
@@ -342,9 +355,7 @@ async fn before_and_after_run_around_each_execution_where_it_runs(b: Backend) {
 }
 
 async fn a_failing_before_listener_fails_each_attempt_without_running_the_job(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let (env, journal, h) = setup(b).await;
     let mut gate = Probe::new("gate", "a", &journal, &h);
     gate.fail_before = true;
     let handlers = audited("a", &journal, &h).listener("gate", gate);
@@ -397,9 +408,7 @@ async fn a_failing_before_listener_fails_each_attempt_without_running_the_job(b:
 }
 
 async fn a_listener_over_its_timeout_counts_as_failed(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let (env, journal, h) = setup(b).await;
     let mut slow = Probe::new("slow", "a", &journal, &h);
     slow.sleep = Duration::from_secs(3);
     let a = start(
@@ -462,9 +471,7 @@ async fn a_listener_over_its_timeout_counts_as_failed(b: Backend) {
 }
 
 async fn a_listener_registered_on_one_instance_places_the_job_there(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let (env, journal, h) = setup(b).await;
     let handlers = |host: &str| {
         let work = Handlers::new().register("work", Work::new(host, &journal));
         if host == "a" {
@@ -537,9 +544,7 @@ fn per_fire(journal: &Journal, what: What) -> BTreeMap<DateTime<Utc>, Vec<Entry>
 }
 
 async fn after_all_runs_once_per_fire_after_every_item(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let (env, journal, h) = setup(b).await;
     let (a, bb) = two(&env, |host| audited(host, &journal, &h), &h).await;
     create_job(&env, &after_all_job("fan-in", "every = \"1s\"", "10s")).await;
     eventually("three fires had their after_all", T, || {
@@ -605,9 +610,7 @@ async fn after_all_runs_once_per_fire_after_every_item(b: Backend) {
 }
 
 async fn after_all_counts_a_disabled_item_out(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let (env, journal, h) = setup(b).await;
     let (a, bb) = two(&env, |host| audited(host, &journal, &h), &h).await;
     create_job(
         &env,
@@ -649,15 +652,11 @@ async fn after_all_counts_a_disabled_item_out(b: Backend) {
 }
 
 async fn after_all_runs_incomplete_once_when_the_wait_runs_out(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let (env, journal, h) = setup(b).await;
     let handlers = |host: &str| {
         let mut work = Work::new(host, &journal);
         work.slow_item = Some((3, Duration::from_secs(3)));
-        Handlers::new()
-            .register("work", work)
-            .listener("audit", Probe::new("audit", host, &journal, &h))
+        audited_work(work, &h)
     };
     let (a, bb) = two(&env, handlers, &h).await;
     create_job(&env, &after_all_job("straggler", "manual = true", "1s")).await;
@@ -696,14 +695,6 @@ async fn after_all_runs_incomplete_once_when_the_wait_runs_out(b: Backend) {
 }
 
 // ---- command listeners ----
-
-/// Write an executable `#!/bin/sh` script.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write script");
-    fs::set_permissions(&path, Permissions::from_mode(0o755)).expect("chmod script");
-    path
-}
 
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
@@ -752,16 +743,12 @@ fn scripts(dir: &Path) -> ScriptJob {
 }
 
 async fn command_listeners_get_the_run_in_their_environment(b: Backend) {
-    let env = Env::new(b).await;
+    let (env, journal, h) = setup(b).await;
     let bin = TempDir::new().expect("tempdir");
     let out = TempDir::new().expect("tempdir");
-    let dump = script(bin.path(), "dump.sh", DUMP);
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
-    let mut work = Work::new("a", &journal);
-    work.fail = vec![1];
+    let dump = write_script(bin.path(), "dump.sh", DUMP);
     let handlers = Handlers::new()
-        .register("work", work)
+        .register("work", Work::new("a", &journal).failing(&[1]))
         .scripts(scripts(bin.path()));
     let a = start(&env, "a", handlers, &h).await;
     let listener = |on: &str| {
@@ -834,11 +821,9 @@ async fn command_listeners_get_the_run_in_their_environment(b: Backend) {
 }
 
 async fn a_failing_command_before_listener_fails_the_attempt(b: Backend) {
-    let env = Env::new(b).await;
+    let (env, journal, h) = setup(b).await;
     let bin = TempDir::new().expect("tempdir");
-    let no = script(bin.path(), "no.sh", "echo 'not today' >&2\nexit 3\n");
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let no = write_script(bin.path(), "no.sh", "echo 'not today' >&2\nexit 3\n");
     let handlers = Handlers::new()
         .register("work", Work::new("a", &journal))
         .scripts(scripts(bin.path()));
@@ -870,17 +855,13 @@ async fn a_failing_command_before_listener_fails_the_attempt(b: Backend) {
 }
 
 async fn a_command_after_all_listener_gets_the_items_and_completeness(b: Backend) {
-    let env = Env::new(b).await;
+    let (env, journal, h) = setup(b).await;
     let bin = TempDir::new().expect("tempdir");
     let out = TempDir::new().expect("tempdir");
-    let dump = script(bin.path(), "dump.sh", DUMP);
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let dump = write_script(bin.path(), "dump.sh", DUMP);
     let handlers = |host: &str| {
-        let mut work = Work::new(host, &journal);
-        work.fail = vec![2];
         Handlers::new()
-            .register("work", work)
+            .register("work", Work::new(host, &journal).failing(&[2]))
             .scripts(scripts(bin.path()))
     };
     let (a, bb) = two(&env, handlers, &h).await;
@@ -951,9 +932,7 @@ fn staggered(host: &str, journal: &Journal, h: &Arc<MemoryHistory>) -> Handlers 
 /// end: the wait counts from the run's start then, so the listener still sees all
 /// four items (it once ran after the first alone, `complete = false`).
 async fn after_all_of_a_late_fire_waits_for_its_items(b: Backend) {
-    let env = Env::new(b).await;
-    let journal = Journal::default();
-    let h = Arc::new(MemoryHistory::new());
+    let (env, journal, h) = setup(b).await;
     create_job(&env, &after_all_job("late", "every = \"1h\"", "2s")).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let a = start(&env, "a", staggered("a", &journal, &h), &h).await;

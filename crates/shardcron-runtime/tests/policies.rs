@@ -8,13 +8,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, Env, Recorder, config, create_job, eventually, runner};
-use shardcron_core::{ExecutionRecord, ExecutionSource, ExecutionStatus};
+use common::{Backend, Env, Recorder, config, create_job, eventually, executions, runner};
+use shardcron_core::{ExecutionSource, ExecutionStatus};
 use shardcron_runtime::{
     Cluster, Handlers, Instance, JobContext, JobError, MemoryHistory, Runner, SchedulerOptions,
     SimpleJob,
 };
-use shardcron_store::HistoryEvent;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -53,26 +52,6 @@ async fn start_flaky(env: &Env, job: Flaky, h: &Arc<MemoryHistory>) -> Instance 
     )
     .await
     .expect("instance")
-}
-
-/// The final state of every execution, in start order.
-fn executions(h: &MemoryHistory) -> Vec<ExecutionRecord> {
-    let mut out: Vec<ExecutionRecord> = Vec::new();
-    for e in h.events() {
-        match e {
-            HistoryEvent::Record(r) => out.push(r),
-            HistoryEvent::Update(u) => {
-                if let Some(r) = out.iter_mut().find(|r| r.id == u.id) {
-                    r.status = u.status;
-                    r.ended_at = u.ended_at;
-                    r.cause = u.cause.or(r.cause.take());
-                    r.output = u.output.or(r.output.take());
-                }
-            }
-        }
-    }
-    out.sort_by_key(|r| r.started_at);
-    out
 }
 
 async fn a_retry_succeeds_on_the_third_attempt(b: Backend) {

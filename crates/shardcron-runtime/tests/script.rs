@@ -5,9 +5,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::{self, Permissions};
+use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,16 +26,9 @@ use shardcron_runtime::{
     ScriptOptions, SimpleJob,
 };
 use shardcron_store::HistoryEvent;
+use shardcron_testkit::write_script;
 use tempfile::TempDir;
 use tokio::sync::watch;
-
-/// Write an executable `#!/bin/sh` script.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write script");
-    fs::set_permissions(&path, Permissions::from_mode(0o755)).expect("chmod script");
-    path
-}
 
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
@@ -145,7 +138,7 @@ echo $$ > "$1/pid.tmp"; mv "$1/pid.tmp" "$1/pid"
 async fn script_gets_the_context_in_env_and_as_json_last_argument_without_a_shell() {
     let dir = TempDir::new().expect("tempdir");
     let out = TempDir::new().expect("tempdir");
-    let path = script(
+    let path = write_script(
         dir.path(),
         "ctx.sh",
         r#"out="$1"
@@ -218,7 +211,7 @@ printf 'hello from %s\n' "$SHARDCRON_JOB"
 #[tokio::test]
 async fn environment_is_inherited_without_the_agents_shardcron_variables() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(dir.path(), "env.sh", "cp /proc/$$/environ \"$1/environ\"\n");
+    let path = write_script(dir.path(), "env.sh", "cp /proc/$$/environ \"$1/environ\"\n");
     let (ctx, _cancel) = context(vec![s(&path), s(dir.path())]);
     let context_vars: BTreeMap<OsString, OsString> = ctx
         .sharding
@@ -309,7 +302,7 @@ fn tail(full: &str, limit: usize) -> String {
 async fn only_the_tail_of_large_output_is_kept_from_both_streams() {
     let dir = TempDir::new().expect("tempdir");
     // Far more than a pipe buffer on both streams: both must be read concurrently.
-    let path = script(
+    let path = write_script(
         dir.path(),
         "loud.sh",
         r#"i=0
@@ -339,7 +332,7 @@ while [ $i -lt 20000 ]; do echo "out line $i"; echo "err line $i" >&2; i=$((i+1)
 #[tokio::test]
 async fn a_cut_in_the_middle_of_a_character_keeps_valid_text() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(dir.path(), "utf8.sh", "printf 'ééééé'\n");
+    let path = write_script(dir.path(), "utf8.sh", "printf 'ééééé'\n");
     let (ctx, _cancel) = context(vec![s(&path)]);
     let mut opts = ScriptOptions::new(vec![dir.path().into()]);
     opts.output_limit = 3;
@@ -350,7 +343,7 @@ async fn a_cut_in_the_middle_of_a_character_keeps_valid_text() {
 #[tokio::test]
 async fn a_silent_script_has_no_output() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(dir.path(), "quiet.sh", "exit 0\n");
+    let path = write_script(dir.path(), "quiet.sh", "exit 0\n");
     let (ctx, _cancel) = context(vec![s(&path)]);
     assert_eq!(job(dir.path()).execute(ctx).await, Ok(None));
 }
@@ -358,7 +351,7 @@ async fn a_silent_script_has_no_output() {
 #[tokio::test]
 async fn a_failing_script_reports_its_exit_status_and_a_bounded_stderr_tail() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(
+    let path = write_script(
         dir.path(),
         "fail.sh",
         r#"echo "some output"
@@ -388,7 +381,7 @@ exit 3
 #[tokio::test]
 async fn a_failure_without_stderr_shows_the_stdout_tail() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(dir.path(), "fail.sh", "echo 'only stdout'\nexit 1\n");
+    let path = write_script(dir.path(), "fail.sh", "echo 'only stdout'\nexit 1\n");
     let (ctx, _cancel) = context(vec![s(&path)]);
     let JobError(msg) = job(dir.path()).execute(ctx).await.expect_err("fails");
     assert_eq!(
@@ -403,7 +396,7 @@ async fn a_failure_without_stderr_shows_the_stdout_tail() {
 #[tokio::test]
 async fn a_script_killed_by_a_signal_says_which() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(dir.path(), "die.sh", "echo dying >&2\nkill -KILL $$\n");
+    let path = write_script(dir.path(), "die.sh", "echo dying >&2\nkill -KILL $$\n");
     let (ctx, _cancel) = context(vec![s(&path)]);
     let JobError(msg) = job(dir.path()).execute(ctx).await.expect_err("fails");
     assert_eq!(
@@ -420,8 +413,8 @@ fn check_allowed_accepts_executables_inside_and_returns_the_canonical_path() {
     let root = TempDir::new().expect("tempdir");
     let allow = root.path().join("jobs");
     fs::create_dir_all(allow.join("sub")).expect("mkdir");
-    let direct = script(&allow, "a.sh", "true\n");
-    let nested = script(&allow.join("sub"), "b.sh", "true\n");
+    let direct = write_script(&allow, "a.sh", "true\n");
+    let nested = write_script(&allow.join("sub"), "b.sh", "true\n");
     let link = allow.join("link.sh");
     symlink(&nested, &link).expect("symlink");
     let canonical = |p: &Path| p.canonicalize().expect("canonical");
@@ -447,7 +440,7 @@ fn check_allowed_rejections_name_the_command_and_the_settings() {
     let sibling = root.path().join("jobs-evil");
     fs::create_dir_all(&allow).expect("mkdir");
     fs::create_dir_all(&sibling).expect("mkdir");
-    let evil = script(&sibling, "evil.sh", "true\n");
+    let evil = write_script(&sibling, "evil.sh", "true\n");
     let link = allow.join("innocent.sh");
     symlink(&evil, &link).expect("symlink");
     let plain = allow.join("plain.txt");
@@ -542,7 +535,7 @@ async fn a_command_outside_the_allow_list_is_rejected_at_run_time_without_runnin
     let allowed = TempDir::new().expect("tempdir");
     let other = TempDir::new().expect("tempdir");
     let marker = other.path().join("ran");
-    let path = script(other.path(), "x.sh", &format!("touch {:?}\n", s(&marker)));
+    let path = write_script(other.path(), "x.sh", &format!("touch {:?}\n", s(&marker)));
     let (ctx, _cancel) = context(vec![s(&path)]);
     let JobError(msg) = job(allowed.path())
         .execute(ctx)
@@ -573,7 +566,7 @@ async fn cancel_terms_the_group_and_kills_what_ignores_it() {
     let dir = TempDir::new().expect("tempdir");
     let body =
         format!("trap 'echo term > \"$1/got-term\"; exit 143' TERM\n{START_GRANDCHILD}\nwait\n");
-    let path = script(dir.path(), "long.sh", &body);
+    let path = write_script(dir.path(), "long.sh", &body);
     let (ctx, cancel) = context(vec![s(&path), s(dir.path())]);
     let mut opts = ScriptOptions::new(vec![dir.path().into()]);
     opts.kill_grace = Duration::from_secs(5);
@@ -616,7 +609,7 @@ async fn cancel_terms_the_group_and_kills_what_ignores_it() {
 async fn cancel_sigkills_a_script_that_ignores_sigterm_after_the_grace() {
     let dir = TempDir::new().expect("tempdir");
     let body = format!("trap '' TERM\n{START_GRANDCHILD}\nwhile true; do sleep 1; done\n");
-    let path = script(dir.path(), "stubborn.sh", &body);
+    let path = write_script(dir.path(), "stubborn.sh", &body);
     let (ctx, cancel) = context(vec![s(&path), s(dir.path())]);
     let mut opts = ScriptOptions::new(vec![dir.path().into()]);
     let grace = Duration::from_millis(400);
@@ -652,7 +645,7 @@ async fn cancel_sigkills_a_script_that_ignores_sigterm_after_the_grace() {
 async fn dropping_the_run_kills_its_process_group() {
     let dir = TempDir::new().expect("tempdir");
     let body = format!("trap '' TERM\n{START_GRANDCHILD}\nwhile true; do sleep 1; done\n");
-    let path = script(dir.path(), "forever.sh", &body);
+    let path = write_script(dir.path(), "forever.sh", &body);
     let (ctx, cancel) = context(vec![s(&path), s(dir.path())]);
     let j = job(dir.path());
     // A boxed future (async_trait): dropping it drops the run.
@@ -683,7 +676,7 @@ async fn background_leftovers_are_killed_when_the_script_exits() {
     let dir = TempDir::new().expect("tempdir");
     // The grandchild also keeps stdout open: the run must not wait for it.
     let body = format!("{START_GRANDCHILD}\necho done\n");
-    let path = script(dir.path(), "leave.sh", &body);
+    let path = write_script(dir.path(), "leave.sh", &body);
     let (ctx, _cancel) = context(vec![s(&path), s(dir.path())]);
     let r = tokio::time::timeout(Duration::from_secs(20), job(dir.path()).execute(ctx))
         .await
@@ -703,7 +696,7 @@ async fn a_process_that_left_the_group_does_not_hold_the_run_open() {
     // setsid: a new session, out of reach of the group kill, holding stdout open.
     // The script exits only once the escape is done (its pid file is written
     // after setsid).
-    let path = script(
+    let path = write_script(
         dir.path(),
         "escape.sh",
         r#"setsid sh -c 'echo $$ > "$1/esc.tmp"; mv "$1/esc.tmp" "$1/esc"; exec sleep 1000' sh "$1" &
@@ -765,7 +758,7 @@ fn outcomes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_job_runs_on_an_instance_and_its_output_is_recorded() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(
+    let path = write_script(
         dir.path(),
         "say.sh",
         "echo \"item $SHARDCRON_ITEM of $SHARDCRON_TOTAL ($SHARDCRON_SOURCE): $1\"\n",
@@ -806,7 +799,7 @@ async fn a_script_job_runs_on_an_instance_and_its_output_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_script_job_leaves_no_process_behind() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(
+    let path = write_script(
         dir.path(),
         "slow.sh",
         r#"trap '' TERM
@@ -872,7 +865,7 @@ while true; do sleep 1; done
 async fn a_run_cancelled_before_it_starts_does_not_start_the_script() {
     let dir = TempDir::new().expect("tempdir");
     let marker = dir.path().join("ran");
-    let path = script(dir.path(), "x.sh", &format!("touch {:?}\n", s(&marker)));
+    let path = write_script(dir.path(), "x.sh", &format!("touch {:?}\n", s(&marker)));
     let (ctx, cancel) = context(vec![s(&path)]);
     cancel.send(true).expect("cancel");
     let JobError(msg) = job(dir.path()).execute(ctx).await.expect_err("cancelled");

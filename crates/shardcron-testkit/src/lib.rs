@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod tls;
 
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use etcd::{EtcdConfig, EtcdServer};
@@ -53,7 +54,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// The last `n` lines of a file, for failure messages.
-pub fn tail(path: &std::path::Path, n: usize) -> String {
+pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -77,8 +78,22 @@ pub fn reap_with_this_process(child_pid: u32) {
         .spawn();
 }
 
+/// Write an executable (mode 0755) `#!/bin/sh` script `dir/name`: the shebang
+/// line, then `body`, ending with a newline (added when `body` has none).
+/// Returns its path.
+pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    let end = if body.ends_with('\n') { "" } else { "\n" };
+    std::fs::write(&path, format!("#!/bin/sh\n{body}{end}"))
+        .unwrap_or_else(|e| panic!("write script {}: {e}", path.display()));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod script {}: {e}", path.display()));
+    path
+}
+
 /// Find an executable on PATH or in the usual system directories.
-pub fn find_binary(name: &str) -> Option<std::path::PathBuf> {
+pub fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(Into::into))

@@ -7,90 +7,32 @@
 //! no secret reaches the node's log. Bad `[[alert]]` tables and unknown channel
 //! names in a job's `alerts` stop the start with exit code 2.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{Node, bin, standalone, stderr, stdout, tempdir_with_jobs};
 use shardcron_testkit::capture::{
     Behaviour, HttpServer, Recorded, SmtpBehaviour, check_dingtalk_signature, http_server,
     smtp_server,
 };
-use shardcron_testkit::{free_port, reap_with_this_process, wait_until};
+use shardcron_testkit::{free_port, wait_until, write_script};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shardcron"));
-    // Settings must come from the test, not from the environment it runs in.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHARDCRON_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+/// How long a node may take to stop on SIGTERM, delivering the alerts still
+/// retrying (with backoff) first.
+const SHUTDOWN: Duration = Duration::from_secs(20);
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    p
-}
-
-/// A running node whose stderr goes to a file; killed with the test.
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(mut cmd: Command, log: &Path) -> Node {
-        let f = std::fs::File::create(log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .expect("start shardcron");
-        reap_with_this_process(child.id());
-        Node {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        kill(pid, Signal::SIGTERM).expect("SIGTERM");
-        for _ in 0..400 {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "shardcron did not stop within 20 s of SIGTERM:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `shardcron job validate CONFIG`.
+fn validate(config: &Path) -> Output {
+    bin()
+        .args(["job", "validate"])
+        .arg(config)
+        .output()
+        .expect("run")
 }
 
 const DING_SECRET: &str = "SECding-secret-6666";
@@ -298,9 +240,7 @@ fn failed_and_timed_out_runs_alert_the_channels_their_jobs_name() {
         credentials: Some(("cron".into(), "smtp-password-8888".into())),
     }));
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("mkdir");
+    let (dir, jobs) = tempdir_with_jobs();
     write_script(&jobs, "fail.sh", "echo 'about to fail' >&2\nexit 3");
     write_script(&jobs, "slow.sh", "sleep 30");
     let config = jobs.join("shardcron.toml");
@@ -333,12 +273,8 @@ alerts = []
         ),
     )
     .expect("config");
-    let mut cmd = bin();
-    cmd.args(["standalone", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+    let mut cmd = standalone(&config, &dir.path().join("data"));
+    cmd.args(["--bind", &format!("127.0.0.1:{}", free_port())])
         .args(["--log", "info,shardcron::alert=debug"]);
     let mut node = Node::start(cmd, &dir.path().join("node.log"));
 
@@ -440,7 +376,7 @@ alerts = []
         log.contains("alert delivery attempt failed; retrying") && log.contains("<redacted>"),
         "{log}"
     );
-    let status = node.terminate();
+    let status = node.terminate_within(SHUTDOWN);
     assert!(status.success(), "{status:?}\n{}", node.log());
     let log = node.log();
     assert!(log.contains("alerts sent"), "{log}");
@@ -485,12 +421,10 @@ command = ["./fail.sh"]
         ),
     )
     .expect("config");
-    let mut cmd = bin();
-    cmd.args(["standalone", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(dir.path().join("data"));
-    let mut node = Node::start(cmd, &dir.path().join("node.log"));
+    let mut node = Node::start(
+        standalone(&config, &dir.path().join("data")),
+        &dir.path().join("node.log"),
+    );
     // The first attempt was refused; the next ones come after 1 s and 2 s (with
     // jitter): stop the node now.
     assert!(
@@ -498,7 +432,7 @@ command = ["./fail.sh"]
         "no alert: {}",
         node.log()
     );
-    let status = node.terminate();
+    let status = node.terminate_within(SHUTDOWN);
     assert!(status.success(), "{status:?}\n{}", node.log());
     let reqs = server.requests();
     assert_eq!(
@@ -546,19 +480,10 @@ alerts = ["pager", "mail"]
 "#,
     )
     .expect("config");
-    let standalone = bin()
-        .args(["standalone", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(dir.path().join("data"))
+    let start = standalone(&config, &dir.path().join("data"))
         .output()
         .expect("run");
-    let validate = bin()
-        .args(["job", "validate"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    for o in [&standalone, &validate] {
+    for o in [&start, &validate(&config)] {
         let err = stderr(o);
         assert_eq!(o.status.code(), Some(2), "{err}");
         for needle in [
@@ -606,18 +531,7 @@ alerts = ["ops-log", "nope"]
     std::fs::write(&without_channels, job).expect("config");
 
     let start = |config: &Path| {
-        bin()
-            .args(["standalone", "--config"])
-            .arg(config)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .output()
-            .expect("run")
-    };
-    let validate = |config: &Path| {
-        bin()
-            .args(["job", "validate"])
-            .arg(config)
+        standalone(config, &dir.path().join("data"))
             .output()
             .expect("run")
     };
@@ -646,11 +560,7 @@ alerts = ["ops-log", "nope"]
     // ...while a job file without [[alert]] tables may name the nodes' channels.
     let o = validate(&without_channels);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("ok, 1 job: x"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    assert!(stdout(&o).contains("ok, 1 job: x"), "{}", stdout(&o));
 
     // A JSON config file: `alert` is an array of channel objects.
     let json = dir.path().join("config.json");
@@ -684,9 +594,8 @@ alerts = ["ops-log", "nope"]
     let o = validate(&fixed);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout)
-            .contains("ok, 1 job: x; 2 alert channels: ops-log (log), nope (log)"),
+        stdout(&o).contains("ok, 1 job: x; 2 alert channels: ops-log (log), nope (log)"),
         "{}",
-        String::from_utf8_lossy(&o.stdout)
+        stdout(&o)
     );
 }

@@ -1,31 +1,15 @@
 //! The first commands of the `shardcron` binary, run as a user runs them: output,
 //! exit codes (0 ok, 2 invalid input naming the field) and messages.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{assert_invalid, bin, stderr, stdout};
 
 fn shardcron(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardcron"))
-        .args(args)
-        .output()
-        .expect("run shardcron")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Assert exit code 2 and a stderr message that contains every `needle`.
-fn assert_invalid(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "exit code; stderr: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr should contain {n:?}: {err}");
-    }
+    bin().args(args).output().expect("run shardcron")
 }
 
 #[test]

@@ -3,96 +3,16 @@
 //! in the history, restarts that keep jobs, /health, SIGTERM, and bad settings
 //! refused with exit code 2 naming the flag or key.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{Node, assert_invalid, bin, standalone, stderr, tempdir_with_jobs};
 use serde_json::Value;
-use shardcron_testkit::{free_port, reap_with_this_process, wait_until};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shardcron"));
-    // Settings must come from the test, not from the environment it runs in.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHARDCRON_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_invalid(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "exit code; stderr: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr should contain {n:?}: {err}");
-    }
-}
-
-fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    p
-}
-
-/// A running node whose stderr goes to a file; killed with the test.
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(mut cmd: Command, log: &Path) -> Node {
-        let f = std::fs::File::create(log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .expect("start shardcron");
-        reap_with_this_process(child.id());
-        Node {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        kill(pid, Signal::SIGTERM).expect("SIGTERM");
-        for _ in 0..200 {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "shardcron did not stop within 10 s of SIGTERM:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use shardcron_testkit::{free_port, wait_until, write_script};
 
 /// `shardcron history --json` rows.
 fn history(db: &Path, extra: &[&str]) -> Vec<Value> {
@@ -126,9 +46,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 #[test]
 fn standalone_runs_script_jobs_records_them_and_keeps_jobs_across_restarts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("mkdir");
+    let (dir, jobs) = tempdir_with_jobs();
     write_script(
         &jobs,
         "hello.sh",
@@ -162,13 +80,9 @@ http = {{ url = "http://127.0.0.1:{port}/health", accept = [200] }}
     )
     .expect("config");
     let data = dir.path().join("data");
-    let mut cmd = bin();
-    cmd.args(["standalone", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(&data)
-        .args(["--bind", &format!("127.0.0.1:{port}")]);
-    let node = Node::start(cmd, &dir.path().join("1.log"));
+    let mut cmd = standalone(&config, &data);
+    cmd.args(["--bind", &format!("127.0.0.1:{port}")]);
+    let mut node = Node::start(cmd, &dir.path().join("1.log"));
     assert!(
         wait_until(Duration::from_secs(20), || http_get(port, "/health")
             .is_some_and(|(c, _)| c == 200)),
@@ -229,7 +143,7 @@ http = {{ url = "http://127.0.0.1:{port}/health", accept = [200] }}
     cmd.args(["standalone", "--data"])
         .arg(&data)
         .env("SHARDCRON_SCRIPT_ALLOW", &jobs);
-    let node = Node::start(cmd, &dir.path().join("2.log"));
+    let mut node = Node::start(cmd, &dir.path().join("2.log"));
     assert!(
         wait_until(Duration::from_secs(20), || history(
             &db,
@@ -364,7 +278,7 @@ fn bad_settings_are_refused_with_exit_2_naming_the_flag_or_key() {
     let mut cmd = bin();
     cmd.args(["standalone", "--data", data, "--config", cfg])
         .env("SHARDCRON_SCRIPT_ALLOW", other.path());
-    let node = Node::start(cmd, &dir.path().join("ok.log"));
+    let mut node = Node::start(cmd, &dir.path().join("ok.log"));
     assert!(
         wait_until(Duration::from_secs(20), || node
             .log()
@@ -413,9 +327,7 @@ fn time_of(v: &Value) -> chrono::DateTime<chrono::Utc> {
 /// before/after/after_all listeners, configured in a job file as a user would.
 #[test]
 fn standalone_runs_job_policies_and_listeners_from_a_job_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let jobs = dir.path().join("jobs");
-    std::fs::create_dir(&jobs).expect("mkdir");
+    let (dir, jobs) = tempdir_with_jobs();
     // Fails twice, then succeeds (the count is kept next to the script).
     write_script(
         &jobs,
@@ -488,12 +400,7 @@ wait = "20s"
     )
     .expect("config");
     let data = dir.path().join("data");
-    let mut cmd = bin();
-    cmd.args(["standalone", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(&data);
-    let node = Node::start(cmd, &dir.path().join("node.log"));
+    let mut node = Node::start(standalone(&config, &data), &dir.path().join("node.log"));
     let db = data.join("history.db");
     let listen_log = jobs.join("listen.log");
     let after_all_lines = || {

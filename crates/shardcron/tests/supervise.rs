@@ -3,8 +3,7 @@
 //! group, and kills the group when its stdin (the lifeline held by the agent)
 //! closes, including when the agent is killed with SIGKILL.
 
-use std::fs::{self, Permissions};
-use std::os::unix::fs::PermissionsExt;
+use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,18 +14,11 @@ use shardcron_core::job::{JobKind, JobName, JobSpec};
 use shardcron_core::{ExecutionSource, Schedule, ShardingContext};
 use shardcron_runtime::script::{ScriptJob, ScriptOptions, Supervisor};
 use shardcron_runtime::{JobContext, JobError, SimpleJob};
+use shardcron_testkit::write_script;
 use tempfile::TempDir;
 use tokio::sync::watch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardcron");
-
-/// Write an executable `#!/bin/sh` script.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}")).expect("write script");
-    fs::set_permissions(&path, Permissions::from_mode(0o755)).expect("chmod script");
-    path
-}
 
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
@@ -126,7 +118,7 @@ fn supervise(command: &[String], stdout: Stdio) -> Child {
 #[test]
 fn the_supervisor_passes_arguments_output_and_exit_status_through() {
     let dir = TempDir::new().expect("tempdir");
-    let path = script(
+    let path = write_script(
         dir.path(),
         "say.sh",
         "for a in \"$@\"; do echo \"arg:$a\"; done\necho oops >&2\nexit 7\n",
@@ -145,7 +137,7 @@ fn the_supervisor_passes_arguments_output_and_exit_status_through() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 
-    let killed = script(dir.path(), "die.sh", "kill -s KILL $$\n");
+    let killed = write_script(dir.path(), "die.sh", "kill -s KILL $$\n");
     let mut child = supervise(&[s(&killed)], Stdio::piped());
     let lifeline2 = child.stdin.take();
     let out = child.wait_with_output().expect("wait");
@@ -183,7 +175,7 @@ fn the_supervisor_rejects_bad_usage_and_missing_commands() {
 fn closing_the_lifeline_kills_the_command_and_its_grandchildren() {
     let dir = TempDir::new().expect("tempdir");
     let body = format!("trap '' TERM\n{START_GRANDCHILD}\nwhile true; do sleep 1; done\n");
-    let path = script(dir.path(), "forever.sh", &body);
+    let path = write_script(dir.path(), "forever.sh", &body);
     let mut sup = supervise(&[s(&path), s(dir.path())], Stdio::null());
     let pid = pid_in(&dir.path().join("pid"));
     let gc = pid_in(&dir.path().join("gc"));
@@ -213,7 +205,7 @@ fn sigterm_to_the_supervisor_reaches_the_whole_group() {
     let dir = TempDir::new().expect("tempdir");
     // The grandchild does not ignore SIGTERM here: it dies only if the signal is
     // forwarded to the group (after the script's exit, nothing else kills it).
-    let path = script(
+    let path = write_script(
         dir.path(),
         "term.sh",
         r#"trap 'echo term > "$1/got-term"; exit 143' TERM
@@ -244,7 +236,7 @@ wait
 fn a_holder_of_the_lifeline_killed_with_sigkill_leaves_no_run_behind() {
     let dir = TempDir::new().expect("tempdir");
     let body = format!("trap '' TERM\n{START_GRANDCHILD}\nwhile true; do sleep 1; done\n");
-    let path = script(dir.path(), "forever.sh", &body);
+    let path = write_script(dir.path(), "forever.sh", &body);
     // An intermediate shell holds the only write end of a FIFO that is the
     // supervisor's stdin, as the agent holds the lifeline pipe. The supervisor is
     // started as a plain background job, in the shell's process group: it must
@@ -333,7 +325,7 @@ fn supervised(allow: &Path) -> ScriptJob {
 #[tokio::test]
 async fn supervised_runs_report_output_and_failures_like_direct_ones() {
     let dir = TempDir::new().expect("tempdir");
-    let ok = script(
+    let ok = write_script(
         dir.path(),
         "ok.sh",
         "echo \"$SHARDCRON_JOB item $SHARDCRON_ITEM: $1\"\necho note >&2\n",
@@ -343,7 +335,7 @@ async fn supervised_runs_report_output_and_failures_like_direct_ones() {
         supervised(dir.path()).execute(ctx).await,
         Ok(Some("nightly item 1: x y\n--- stderr ---\nnote\n".into()))
     );
-    let fail = script(dir.path(), "fail.sh", "echo bad >&2\nexit 3\n");
+    let fail = write_script(dir.path(), "fail.sh", "echo bad >&2\nexit 3\n");
     let (ctx, _c) = context(vec![s(&fail)]);
     assert_eq!(
         supervised(dir.path()).execute(ctx).await,
@@ -352,7 +344,7 @@ async fn supervised_runs_report_output_and_failures_like_direct_ones() {
             s(&fail)
         )))
     );
-    let die = script(dir.path(), "die.sh", "kill -s KILL $$\n");
+    let die = write_script(dir.path(), "die.sh", "kill -s KILL $$\n");
     let (ctx, _c) = context(vec![s(&die)]);
     assert_eq!(
         supervised(dir.path()).execute(ctx).await,
@@ -372,7 +364,7 @@ async fn a_cancelled_supervised_run_gets_one_sigterm_then_its_group_is_killed() 
         "trap 'echo term >> \"$1/terms\"' TERM\n{START_GRANDCHILD}\nwait\n\
          i=0; while [ $i -lt 5 ]; do sleep 0.1; i=$((i+1)); done\nexit 143\n"
     );
-    let path = script(dir.path(), "long.sh", &body);
+    let path = write_script(dir.path(), "long.sh", &body);
     let (ctx, cancel) = context(vec![s(&path), s(dir.path())]);
     let mut opts = ScriptOptions::new(vec![dir.path().to_path_buf()]);
     opts.supervisor = Some(Supervisor::shardcron(BIN));
@@ -414,7 +406,7 @@ async fn a_cancelled_supervised_run_gets_one_sigterm_then_its_group_is_killed() 
 async fn dropping_a_supervised_run_kills_its_group() {
     let dir = TempDir::new().expect("tempdir");
     let body = format!("trap '' TERM\n{START_GRANDCHILD}\nwhile true; do sleep 1; done\n");
-    let path = script(dir.path(), "forever.sh", &body);
+    let path = write_script(dir.path(), "forever.sh", &body);
     let (ctx, _cancel) = context(vec![s(&path), s(dir.path())]);
     let job = supervised(dir.path());
     let mut run = job.execute(ctx);
@@ -450,7 +442,7 @@ const AGENT_DIR: &str = "SUPERVISE_TEST_AGENT_DIR";
 async fn a_supervised_run_as_the_agent_runs_it() {
     let Some(dir) = std::env::var_os(AGENT_DIR).map(PathBuf::from) else {
         let dir = TempDir::new().expect("tempdir");
-        let path = script(dir.path(), "ok.sh", "echo fine\n");
+        let path = write_script(dir.path(), "ok.sh", "echo fine\n");
         let (ctx, _c) = context(vec![s(&path)]);
         assert_eq!(
             supervised(dir.path()).execute(ctx).await,
@@ -468,7 +460,7 @@ async fn a_supervised_run_as_the_agent_runs_it() {
 fn an_agent_killed_with_sigkill_leaves_no_run_behind() {
     let dir = TempDir::new().expect("tempdir");
     let body = format!("trap '' TERM\n{START_GRANDCHILD}\nwhile true; do sleep 1; done\n");
-    script(dir.path(), "forever.sh", &body);
+    write_script(dir.path(), "forever.sh", &body);
     let agent = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",

@@ -283,42 +283,31 @@ pub(crate) fn read_alert_channels(
 ) -> Vec<AlertConfig> {
     // The channels, and the names of the tables (read from the raw tables, so that
     // a job naming a channel whose table has a problem is not reported too).
-    let (channels, names): (Vec<AlertConfig>, Vec<String>) = if json {
-        let value = serde_json::from_str::<serde_json::Value>(text)
+    let (read, names) = if json {
+        let alert = serde_json::from_str::<serde_json::Value>(text)
             .ok()
             .and_then(|root| root.get("alert").cloned());
-        match value {
-            None => (Vec::new(), Vec::new()),
-            Some(v) => {
-                let names = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
-                    .collect();
-                let read = AlertConfig::list_from_json(&v, "alert");
-                (collect(read, problems), names)
-            }
-        }
+        let names = table_names(alert.as_ref().and_then(|v| v.as_array()), |t| {
+            t.get("name")?.as_str()
+        });
+        (
+            alert.map(|v| AlertConfig::list_from_json(&v, "alert")),
+            names,
+        )
     } else {
-        let value = text
+        let alert = text
             .parse::<toml::Table>()
             .ok()
             .and_then(|mut root| root.remove("alert"));
-        match value {
-            None => (Vec::new(), Vec::new()),
-            Some(v) => {
-                let names = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
-                    .collect();
-                let read = AlertConfig::list_from_toml(&v, "alert");
-                (collect(read, problems), names)
-            }
-        }
+        let names = table_names(alert.as_ref().and_then(|v| v.as_array()), |t| {
+            t.get("name")?.as_str()
+        });
+        (
+            alert.map(|v| AlertConfig::list_from_toml(&v, "alert")),
+            names,
+        )
     };
+    let channels = read.map_or_else(Vec::new, |read| collect(read, problems));
     if check_names {
         for job in jobs {
             for (i, name) in job.alerts.iter().flatten().enumerate() {
@@ -333,6 +322,18 @@ pub(crate) fn read_alert_channels(
         }
     }
     channels
+}
+
+/// The `name` of each of `tables` that has one (`name` reads it from a table).
+fn table_names<'a, T>(
+    tables: Option<&'a Vec<T>>,
+    name: impl Fn(&'a T) -> Option<&'a str>,
+) -> Vec<String> {
+    tables
+        .into_iter()
+        .flatten()
+        .filter_map(|t| name(t).map(str::to_owned))
+        .collect()
 }
 
 fn collect(
