@@ -25,6 +25,10 @@
 //! | `horizon/{bucket}` | lease id | that lease | whoever claims first in the hour |
 //! | `after-all/{job}/{fire}/items/{item}` | the item's final status | a horizon lease | the instance that ran it (jobs with `after_all` listeners) |
 //! | `after-all/{job}/{fire}/claim` | instance id | a horizon lease | the one instance that runs the fire's `after_all` listeners (create-if-absent) |
+//! | `console/bootstrap` | how the first console login was set up (`generated`, `config`, `existing`) | — | the first console start (create-if-absent, with `console/users/admin` when generated) |
+//! | `console/users/{name}` | console user: role, argon2id PHC hash of the password | — | the console (config password, API) |
+//! | `console/tokens/{id}` | API token: name, role, SHA-256 of the token (never the token) | — | the console API; `env-admin` from `SHARDCRON_ADMIN_TOKEN` |
+//! | `console/sessions/{sha256 of the session id}` | console session: user, expiry | the session's (12 h) | console logins (deleted at logout) |
 
 /// Major version of this layout. An instance refuses a namespace whose major
 /// version is newer than the one it knows.

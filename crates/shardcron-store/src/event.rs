@@ -109,7 +109,7 @@ pub(crate) fn status_order(s: ExecutionStatus, at_micros: i64) -> i64 {
 }
 
 /// Cut `s` to at most `max` bytes on a char boundary, keeping the start.
-fn keep_start(s: &mut String, max: usize) {
+pub(crate) fn keep_start(s: &mut String, max: usize) {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {
@@ -131,7 +131,7 @@ fn keep_end(s: &mut String, max: usize) {
 }
 
 /// PostgreSQL's text cannot hold NUL; a script's output can.
-fn no_nul(s: &mut String) {
+pub(crate) fn no_nul(s: &mut String) {
     if s.contains('\0') {
         *s = s.replace('\0', "\u{FFFD}");
     }

@@ -129,12 +129,21 @@
 //! messages too; `Debug` of a store shows only the masked URL; nothing here logs
 //! a URL unmasked.
 //!
+//! **Audit log.** `shardcron_audit` (auto-increment `id`, `at`, `actor`,
+//! `action`, `target`, `detail` as JSON text; indexes on `at`, `(actor, at)`,
+//! `(action, at)`): [`HistoryStore::record_audit`] adds an entry,
+//! [`HistoryStore::audit`] pages through them newest first, filtered by actor
+//! and action. Writing never fails on sizes: fields are cut to their columns and
+//! a detail longer than [`MAX_AUDIT_DETAIL_BYTES`] is replaced by its start,
+//! still as JSON. Nothing deletes audit entries.
+//!
 //! **Queries.** Filters by job, item, instance, statuses, sources, start and
 //! fire-time ranges; sort by start or fire time, either direction, ties by id;
 //! offset paging or keyset paging ([`ExecutionPage::next`]). Percentiles in
 //! [`HistoryStore::job_summary`] are computed in Rust (nearest rank) because the
 //! three databases disagree on percentile functions. Retention deletes in
 //! batches of bounded size, each its own transaction, until nothing is left.
+mod audit;
 mod error;
 mod event;
 mod id;
@@ -144,6 +153,10 @@ mod store;
 mod url;
 mod writer;
 
+pub use audit::{
+    AuditEntry, AuditPage, AuditQuery, DEFAULT_AUDIT_PAGE, MAX_AUDIT_ACTION_LEN,
+    MAX_AUDIT_ACTOR_LEN, MAX_AUDIT_DETAIL_BYTES, MAX_AUDIT_PAGE, MAX_AUDIT_TARGET_LEN,
+};
 pub use error::{Result, StoreError};
 pub use event::{
     ExecutionUpdate, HistoryEvent, MAX_CAUSE_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_LEN,

@@ -14,6 +14,8 @@ use crate::event::{Row, TransitionRow};
 pub(crate) const EXECUTIONS: &str = "shardcron_executions";
 /// The transitions table.
 pub(crate) const TRANSITIONS: &str = "shardcron_transitions";
+/// The audit log.
+pub(crate) const AUDIT: &str = "shardcron_audit";
 
 /// Every column of the executions table that a record maps to, in the order
 /// [`record_from_row`](crate::store) reads them.
@@ -269,21 +271,42 @@ pub(crate) struct Migrations(pub(crate) Backend);
 /// because sqlx keeps every migrator's versions in one `_sqlx_migrations` table.
 fn files(backend: Backend) -> &'static [(i64, &'static str, &'static str)] {
     match backend {
-        Backend::Sqlite => &[(
-            20261121000001,
-            "history",
-            include_str!("../migrations/sqlite/20261121000001_history.sql"),
-        )],
-        Backend::Postgres => &[(
-            20261121000001,
-            "history",
-            include_str!("../migrations/postgres/20261121000001_history.sql"),
-        )],
-        Backend::MySql => &[(
-            20261121000001,
-            "history",
-            include_str!("../migrations/mysql/20261121000001_history.sql"),
-        )],
+        Backend::Sqlite => &[
+            (
+                20261121000001,
+                "history",
+                include_str!("../migrations/sqlite/20261121000001_history.sql"),
+            ),
+            (
+                20261201000001,
+                "audit",
+                include_str!("../migrations/sqlite/20261201000001_audit.sql"),
+            ),
+        ],
+        Backend::Postgres => &[
+            (
+                20261121000001,
+                "history",
+                include_str!("../migrations/postgres/20261121000001_history.sql"),
+            ),
+            (
+                20261201000001,
+                "audit",
+                include_str!("../migrations/postgres/20261201000001_audit.sql"),
+            ),
+        ],
+        Backend::MySql => &[
+            (
+                20261121000001,
+                "history",
+                include_str!("../migrations/mysql/20261121000001_history.sql"),
+            ),
+            (
+                20261201000001,
+                "audit",
+                include_str!("../migrations/mysql/20261201000001_audit.sql"),
+            ),
+        ],
     }
 }
 

@@ -13,9 +13,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{ColumnIndex, Decode, Type};
 
+use crate::audit::{
+    AuditEntry, AuditPage, AuditQuery, MAX_AUDIT_ACTION_LEN, MAX_AUDIT_ACTOR_LEN,
+    MAX_AUDIT_TARGET_LEN, clean_field, detail_text, detail_value,
+};
 use crate::event::{HistoryEvent, from_micros, micros, rows_of, status_order};
 use crate::sql::{
-    EXECUTIONS, Migrations, RECORD_COLUMNS, Sql, TRANSITIONS, Val, bigint, chunk_len,
+    AUDIT, EXECUTIONS, Migrations, RECORD_COLUMNS, Sql, TRANSITIONS, Val, bigint, chunk_len,
     insert_transitions, upsert_executions,
 };
 use crate::url::{StoreUrl, Target};
@@ -745,6 +749,24 @@ impl HistoryStore {
         }))
     }
 
+    /// The feed position of the newest transition (0 when there is none): where
+    /// a live feed that wants only what comes next starts.
+    pub async fn last_transition_seq(&self) -> Result<i64> {
+        let sql = Sql::new(
+            self.backend(),
+            &format!("SELECT COALESCE(MAX(seq), 0) FROM {TRANSITIONS}"),
+        );
+        let op = "read the feed position";
+        let seq: i64 = with_pool!(&self.db, pool => {
+            let row = query!(sql)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| self.db_err(op, &e))?;
+            row.int(0).map_err(|e| self.db_err(op, &e))?
+        });
+        Ok(seq)
+    }
+
     /// Transitions recorded after feed position `after_seq` (0: from the start),
     /// oldest first, at most `limit` (1 to [`MAX_PAGE`]): the live feed a console
     /// polls with the last `seq` it saw.
@@ -1037,6 +1059,88 @@ impl HistoryStore {
             }
         }
         Ok(deleted)
+    }
+}
+
+/// The audit log (see [`AuditEntry`]).
+impl HistoryStore {
+    /// Add `entry` to the audit log. Long fields are cut and a long detail is
+    /// replaced by its start (see [`crate::MAX_AUDIT_DETAIL_BYTES`]); only the
+    /// database can make this fail.
+    pub async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let mut sql = Sql::new(
+            self.backend(),
+            &format!("INSERT INTO {AUDIT} (at, actor, action, target, detail) VALUES "),
+        );
+        sql.bind_list([
+            Val::Int(micros(entry.at)),
+            Val::Text(clean_field(&entry.actor, MAX_AUDIT_ACTOR_LEN)),
+            Val::Text(clean_field(&entry.action, MAX_AUDIT_ACTION_LEN)),
+            Val::Text(clean_field(&entry.target, MAX_AUDIT_TARGET_LEN)),
+            Val::Text(detail_text(&entry.detail)),
+        ]);
+        with_pool!(&self.db, pool => {
+            query!(sql)
+                .execute(pool)
+                .await
+                .map_err(|e| self.db_err("record audit", &e))?;
+        });
+        Ok(())
+    }
+
+    /// One page of the audit log, newest first (ties: the later recorded first).
+    pub async fn audit(&self, q: &AuditQuery) -> Result<AuditPage> {
+        let limit = q.page_size();
+        let mut sql = Sql::new(
+            self.backend(),
+            &format!("SELECT at, actor, action, target, detail FROM {AUDIT} WHERE 1 = 1"),
+        );
+        for (col, want) in [("actor", &q.actor), ("action", &q.action)] {
+            let Some(want) = want else { continue };
+            sql.push(&format!(" AND {col} = "))
+                .bind(Val::Text(want.clone()));
+            if self.backend() == Backend::MySql {
+                // MySQL's collations ignore trailing spaces in comparisons; equal
+                // byte lengths make the match exact (and keep the index usable).
+                sql.push(&format!(" AND LENGTH({col}) = LENGTH("))
+                    .bind(Val::Text(want.clone()))
+                    .push(")");
+            }
+        }
+        // One more than asked: whether there is a next page.
+        sql.push(" ORDER BY at DESC, id DESC LIMIT ")
+            .bind(Val::Int(i64::from(limit) + 1));
+        if q.offset > 0 {
+            sql.push(" OFFSET ")
+                .bind(Val::Int(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+        }
+        let op = "read audit";
+        let mut entries: Vec<AuditEntry> = with_pool!(&self.db, pool => {
+            let rows = query!(sql)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| self.db_err(op, &e))?;
+            rows.iter()
+                .map(|row| {
+                    let get_err = |e: sqlx::Error| self.db_err(op, &e);
+                    Ok(AuditEntry {
+                        at: from_micros(row.int(0).map_err(get_err)?),
+                        actor: row.text(1).map_err(get_err)?,
+                        action: row.text(2).map_err(get_err)?,
+                        target: row.text(3).map_err(get_err)?,
+                        detail: detail_value(row.text(4).map_err(get_err)?),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        });
+        let next_offset = (entries.len() > limit as usize).then(|| {
+            entries.truncate(limit as usize);
+            q.offset.saturating_add(u64::from(limit))
+        });
+        Ok(AuditPage {
+            entries,
+            next_offset,
+        })
     }
 }
 

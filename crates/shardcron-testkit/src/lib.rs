@@ -2,11 +2,12 @@
 //! directories, and stop them when dropped.
 //!
 //! [`capture`] has loopback servers that record what alert channels send (HTTP
-//! and SMTP).
+//! and SMTP); [`browser`] drives a real headless Chromium for page tests.
 //!
 //! A fixture whose server cannot start panics with the reason and the tail of the
 //! server's log: a test that needs a server never skips silently.
 
+pub mod browser;
 pub mod capture;
 pub mod etcd;
 pub mod mariadb;

@@ -15,8 +15,9 @@ pub mod node;
 
 pub use async_trait::async_trait;
 pub use job::Job;
-pub use node::{JobDefinition, Node, NodeBuilder, NodeError};
+pub use node::{ConsoleOptions, JobDefinition, Node, NodeBuilder, NodeError};
 pub use shardcron_alert as alert;
+pub use shardcron_console as console;
 pub use shardcron_core as core;
 pub use shardcron_registry as registry;
 pub use shardcron_runtime as runtime;

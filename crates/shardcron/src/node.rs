@@ -25,8 +25,13 @@
 //! # }
 //! ```
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use shardcron_console::auth::{Auth, AuthOptions};
+use shardcron_console::metrics::{MeteredRegistry, Metrics, MetricsSink};
+use shardcron_console::{AppState, ConsoleState};
 
 use shardcron_core::clock::{SharedClock, SystemClock};
 use shardcron_core::job::{JobErrors, JobSpec};
@@ -80,7 +85,28 @@ pub struct NodeBuilder {
     jobs: Vec<Result<JobSpec, JobErrors>>,
     scheduler: SchedulerOptions,
     alerts: Vec<shardcron_alert::AlertConfig>,
+    console: Option<ConsoleOptions>,
     clock: SharedClock,
+}
+
+/// Where and how a node serves the console and the REST API.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    /// Address to listen on (port 0: any free port, see [`Node::console_addr`]).
+    pub bind: SocketAddr,
+    /// Admin password, admin token, cookie flags.
+    pub auth: AuthOptions,
+}
+
+impl ConsoleOptions {
+    /// Serve on `bind` with no configured password: a generated one is printed
+    /// once, at the namespace's first start.
+    pub fn new(bind: SocketAddr) -> Self {
+        ConsoleOptions {
+            bind,
+            auth: AuthOptions::default(),
+        }
+    }
 }
 
 impl NodeBuilder {
@@ -97,6 +123,7 @@ impl NodeBuilder {
             jobs: Vec::new(),
             scheduler: SchedulerOptions::default(),
             alerts: Vec::new(),
+            console: None,
             clock: SystemClock::shared(),
         }
     }
@@ -219,6 +246,12 @@ impl NodeBuilder {
         self
     }
 
+    /// Serve the console, the REST API, `/metrics` and `/health`.
+    pub fn console(mut self, options: ConsoleOptions) -> Self {
+        self.console = Some(options);
+        self
+    }
+
     /// The clock (tests use a manual one).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -284,7 +317,11 @@ impl NodeBuilder {
             .map_err(|e| NodeError::Failed(format!("history spool: {e}")))?;
         let alerting = crate::alerting::Alerting::start(self.alerts, Arc::new(writer.clone()))
             .map_err(|e| NodeError::Failed(format!("alerts: {e}")))?;
-        let history: Arc<dyn HistorySink> = alerting.sink();
+        // Counted for /metrics: every record and every registry call.
+        let metrics = Arc::new(Metrics::new());
+        let history: Arc<dyn HistorySink> =
+            Arc::new(MetricsSink::new(alerting.sink(), metrics.clone()));
+        let registry: Arc<dyn Registry> = Arc::new(MeteredRegistry::new(registry, metrics.clone()));
 
         let mut config = self.config;
         config.capabilities.clear();
@@ -301,10 +338,25 @@ impl NodeBuilder {
             .map_err(|e| NodeError::Failed(format!("cannot join the cluster: {e}")))?;
         alerting.set_instance(&instance);
         let instance = Arc::new(instance);
-        let cluster = Cluster::new(registry, self.clock);
+        metrics.set_instance(Arc::downgrade(&instance));
+        let cluster = Cluster::new(registry.clone(), self.clock.clone());
         for spec in &jobs {
             apply_job(&cluster, spec).await?;
         }
+        let console = match self.console {
+            None => None,
+            Some(opts) => {
+                let state = Arc::new(ConsoleState {
+                    cluster: cluster.clone(),
+                    history: store.clone(),
+                    instance: Some(Arc::downgrade(&instance)),
+                    auth: start_auth(registry, self.clock.clone(), opts.auth).await?,
+                    metrics: Some(metrics.clone()),
+                    clock: self.clock,
+                });
+                Some(Console::start(opts.bind, state).await?)
+            }
+        };
         Ok(Node {
             instance,
             cluster,
@@ -312,7 +364,78 @@ impl NodeBuilder {
             writer,
             memory,
             alerting,
+            console,
+            metrics,
         })
+    }
+}
+
+/// Set up logins for the namespace; a password generated now (the namespace's
+/// first start without one configured) is printed once, to standard error.
+pub async fn start_auth(
+    registry: Arc<dyn Registry>,
+    clock: SharedClock,
+    opts: AuthOptions,
+) -> Result<Auth, NodeError> {
+    let (auth, generated) = Auth::init(registry, clock, opts)
+        .await
+        .map_err(|e| NodeError::Invalid(format!("console: {e}")))?;
+    if let Some(password) = generated {
+        // Printed, not logged: it must not reach log files, and it is shown once.
+        eprintln!(
+            "\n  shardcron console: the admin password of this namespace was generated now\n  \
+             and is shown only this once. Log in as `admin` with:\n\n      {password}\n"
+        );
+    }
+    Ok(auth)
+}
+
+/// The console's server task.
+#[derive(Debug)]
+pub struct Console {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Console {
+    /// Listen on `bind` and serve `state` in the background.
+    pub async fn start(bind: SocketAddr, state: AppState) -> Result<Console, NodeError> {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| NodeError::Failed(format!("console: cannot listen on {bind}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::Failed(format!("console: {e}")))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = shardcron_console::serve(listener, state, shutdown).await {
+                tracing::error!(error = %e, "the console stopped");
+            }
+        });
+        tracing::info!(url = %format!("http://{addr}/"), "console and REST API");
+        Ok(Console { addr, stop, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting, let requests in flight finish (at most 5 s; open event
+    /// streams are cut).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -358,6 +481,8 @@ pub struct Node {
     writer: HistoryWriter,
     memory: Option<MemoryRegistry>,
     alerting: crate::alerting::Alerting,
+    console: Option<Console>,
+    metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -409,6 +534,16 @@ impl Node {
         &self.store
     }
 
+    /// The node's counters (what `/metrics` shows).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where the console listens, when it is served.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(Console::addr)
+    }
+
     /// Wait for Ctrl-C, SIGTERM or a shutdown request from the cluster.
     pub async fn wait_for_shutdown_signal(&self) -> Result<(), NodeError> {
         self.instance
@@ -429,9 +564,27 @@ impl Node {
     /// are flushed. Anything still holding the instance (an HTTP server) must be
     /// stopped first.
     pub async fn shutdown(self) -> Result<(), NodeError> {
-        let instance = Arc::try_unwrap(self.instance).map_err(|_| {
-            NodeError::Failed("the instance is still in use at shutdown".to_string())
-        })?;
+        if let Some(c) = self.console {
+            c.stop().await;
+        }
+        // Something that upgraded a weak handle a moment ago may still hold it.
+        let mut shared = self.instance;
+        let mut tries = 0;
+        let instance = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(i) => break i,
+                Err(again) if tries < 200 => {
+                    shared = again;
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    return Err(NodeError::Failed(
+                        "the instance is still in use at shutdown".to_string(),
+                    ));
+                }
+            }
+        };
         let stopped = instance.shutdown().await;
         let (_, written) = tokio::join!(self.alerting.shutdown(), self.writer.shutdown());
         if let Err(e) = written {

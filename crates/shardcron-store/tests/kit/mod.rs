@@ -318,7 +318,19 @@ async fn feed(store: &HistoryStore) -> Vec<(String, ExecutionStatus)> {
     let mut after = 0;
     loop {
         let page = store.transitions_after(after, 10_000).await.expect("feed");
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.last() else {
+            // Where a feed that wants only new transitions starts: the end.
+            let end = store.last_transition_seq().await.expect("feed position");
+            assert_eq!(end, after, "last_transition_seq is the newest seq");
+            assert!(
+                store
+                    .transitions_after(end, 10)
+                    .await
+                    .expect("feed")
+                    .is_empty()
+            );
+            break;
+        };
         after = last.seq;
         out.extend(
             page.into_iter()

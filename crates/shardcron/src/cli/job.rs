@@ -1,5 +1,6 @@
 //! `shardcron job validate`: check a job file (its jobs and `[[alert]]` channels)
-//! and print every problem.
+//! and print every problem. The other `job` subcommands manage the jobs of a
+//! running namespace through a node's REST API (remote.rs).
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,7 @@ use clap::Subcommand;
 use shardcron_alert::AlertConfig;
 use shardcron_core::job::{JobFile, JobSpec};
 
+use super::remote::{self, JobApplyArgs, JobItemsArgs, JobNameArgs, RemoteArgs};
 use super::settings::read_alert_channels;
 use super::{CliError, CliResult};
 
@@ -18,11 +20,43 @@ pub(crate) enum JobCommand {
         /// The job file.
         file: PathBuf,
     },
+    /// List the jobs of a running namespace (through a node's API, like every
+    /// command below).
+    List(RemoteArgs),
+    /// Show a job as a job file, with its items and their owners.
+    ///
+    /// The job in its job-file form (TOML), then its revision, next fire times and
+    /// items (enabled, owner, running execution, last fire) as comments, so that
+    /// the output is a job file `job apply` takes back; --json: the API's answer.
+    Get(JobNameArgs),
+    /// Create or update the jobs of a job file.
+    ///
+    /// Each job is created, or replaced when it exists and differs (the file wins,
+    /// `enabled` included); prints created, updated or unchanged per job. Every
+    /// problem of the file is reported (exit 2) before any request. A job with
+    /// HTTP header values is always replaced (the server shows them redacted, so
+    /// they cannot be compared); `"<redacted>"` in the file keeps the stored value.
+    Apply(JobApplyArgs),
+    /// Delete a job, at once: there is no confirmation prompt.
+    Rm(JobNameArgs),
+    /// Let a job (or only --items of it) fire again.
+    Enable(JobItemsArgs),
+    /// Stop a job (or only --items of it) from firing.
+    Disable(JobItemsArgs),
+    /// Run a job now: every item, or --items.
+    Trigger(JobItemsArgs),
 }
 
 pub(crate) fn run(cmd: JobCommand) -> CliResult {
     match cmd {
         JobCommand::Validate { file } => validate(&file),
+        JobCommand::List(args) => remote::job_list(args),
+        JobCommand::Get(args) => remote::job_get(args),
+        JobCommand::Apply(args) => remote::job_apply(args),
+        JobCommand::Rm(args) => remote::job_rm(args),
+        JobCommand::Enable(args) => remote::job_set_enabled(args, true),
+        JobCommand::Disable(args) => remote::job_set_enabled(args, false),
+        JobCommand::Trigger(args) => remote::job_trigger(args),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Command-line parsing and dispatch. Exit codes (DESIGN.md section 9): 0 success,
 //! 2 bad usage or invalid input (the message names the field), 1 other failures.
 
+mod client;
 mod cron;
 mod history;
-mod http;
 mod job;
 mod node;
+mod remote;
 mod settings;
 mod shard;
 
@@ -57,15 +58,25 @@ enum Command {
     /// Sharding strategy tools.
     #[command(subcommand)]
     Shard(shard::ShardCommand),
-    /// Job file tools.
+    /// Job files, and the jobs of a running namespace (through a node's API).
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// The instances of a running namespace (through a node's API).
+    #[command(subcommand)]
+    Instance(remote::InstanceCommand),
+    /// Executions in progress (through a node's API).
+    #[command(subcommand)]
+    Execution(remote::ExecutionCommand),
     /// Everything in one process: embedded registry and SQLite history under
     /// --data, jobs from --config.
     Standalone(node::StandaloneArgs),
     /// One instance of a cluster that coordinates through etcd.
     Agent(node::AgentArgs),
-    /// Read executions from the history database.
+    /// The console and REST API of an etcd namespace, without joining it
+    /// (same settings as agent; --bind defaults to 127.0.0.1:8080).
+    Console(node::AgentArgs),
+    /// Read executions from the history database (--history) or a node's API
+    /// (--server).
     History(history::HistoryArgs),
 }
 
@@ -92,7 +103,10 @@ pub(crate) fn main() -> ExitCode {
         Command::Job(c) => job::run(c),
         Command::Standalone(a) => node::standalone(a),
         Command::Agent(a) => node::agent(a),
+        Command::Console(a) => node::console(a),
         Command::History(a) => history::run(a),
+        Command::Instance(c) => remote::instance(c),
+        Command::Execution(c) => remote::execution(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

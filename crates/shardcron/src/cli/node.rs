@@ -6,7 +6,8 @@
 use std::ffi::OsString;
 
 use clap::Args;
-use shardcron::{Node, NodeError};
+use shardcron::console::auth::AuthOptions;
+use shardcron::{ConsoleOptions, Node, NodeError};
 use shardcron_registry::{EtcdOptions, EtcdTls};
 use shardcron_runtime::script::{ScriptOptions, Supervisor};
 use shardcron_runtime::{HttpOptions, InstanceConfig};
@@ -42,6 +43,84 @@ pub(crate) fn standalone(args: StandaloneArgs) -> CliResult {
 }
 
 pub(crate) fn agent(args: AgentArgs) -> CliResult {
+    let resolved = cluster_settings(&args)?;
+    run(resolved, Mode::Agent)
+}
+
+/// `shardcron console`: the console and REST API of an etcd namespace, served
+/// without joining it (no instance, no jobs run here). Same settings as `agent`.
+pub(crate) fn console(args: AgentArgs) -> CliResult {
+    let resolved = cluster_settings(&args)?;
+    init_logging(&resolved.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(serve_console(resolved))
+}
+
+async fn serve_console(resolved: Resolved) -> CliResult {
+    let failed = |e: String| CliError::Failed(anyhow::anyhow!(e));
+    let opts = etcd_options(&resolved)?;
+    let endpoints = opts.endpoints.join(",");
+    let registry: std::sync::Arc<dyn shardcron_registry::Registry> = std::sync::Arc::new(
+        shardcron_registry::EtcdRegistry::connect(opts)
+            .await
+            .map_err(|e| failed(format!("cannot connect to etcd at {endpoints}: {e}")))?,
+    );
+    let url = resolved.history.clone().unwrap_or_default();
+    let history = shardcron_store::HistoryStore::connect(&url)
+        .await
+        .map_err(|e| failed(format!("history database: {e}")))?;
+    let clock = shardcron_core::clock::SystemClock::shared();
+    let auth_opts = AuthOptions {
+        admin_password: resolved.admin_password.clone(),
+        admin_token: admin_token()?,
+        secure_cookies: resolved.secure_cookies,
+    };
+    let auth = shardcron::node::start_auth(registry.clone(), clock.clone(), auth_opts)
+        .await
+        .map_err(|e| match e {
+            NodeError::Invalid(m) => CliError::Invalid(m),
+            NodeError::Failed(m) => failed(m),
+        })?;
+    let state = std::sync::Arc::new(shardcron::console::ConsoleState {
+        cluster: shardcron_runtime::Cluster::new(registry, clock.clone()),
+        history,
+        instance: None,
+        auth,
+        metrics: None,
+        clock,
+    });
+    let bind = resolved.bind.unwrap_or(DEFAULT_CONSOLE_BIND);
+    let console = shardcron::node::Console::start(bind, state)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    tracing::info!(url = %format!("http://{}/", console.addr()), "shardcron console is running (Ctrl-C or SIGTERM stops it)");
+    wait_for_signal().await;
+    console.stop().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The settings of a cluster node (`agent`, `console`): registry, namespace and
+/// history are required.
+fn cluster_settings(args: &AgentArgs) -> Result<Resolved, CliError> {
     let resolved = Resolved::new(&args.node, Some(&args.agent))?;
     if resolved.registry.is_none() {
         return Err(CliError::invalid(
@@ -61,7 +140,7 @@ pub(crate) fn agent(args: AgentArgs) -> CliResult {
             "required (or SHARDCRON_HISTORY, or settings.history in the config file), e.g. postgres://user@host/db",
         ));
     }
-    run(resolved, Mode::Agent)
+    Ok(resolved)
 }
 
 fn run(resolved: Resolved, mode: Mode) -> CliResult {
@@ -129,29 +208,36 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
             builder = builder.job(job.clone());
         }
     }
+    let bind = match mode {
+        // The console is on by default for one machine, on loopback only.
+        Mode::Standalone => Some(resolved.bind.unwrap_or(DEFAULT_CONSOLE_BIND)),
+        Mode::Agent => resolved.bind,
+    };
+    if let Some(addr) = bind {
+        builder = builder.console(ConsoleOptions {
+            bind: addr,
+            auth: AuthOptions {
+                admin_password: resolved.admin_password.clone(),
+                admin_token: admin_token()?,
+                secure_cookies: resolved.secure_cookies,
+            },
+        });
+    }
     let node = builder.start().await.map_err(|e| match e {
         NodeError::Invalid(m) => CliError::Invalid(m),
         NodeError::Failed(m) => CliError::Failed(anyhow::anyhow!(m)),
     })?;
     let instance = node.instance();
-    let http = match resolved.bind {
-        Some(addr) => Some(super::http::spawn(addr, instance.clone()).await?),
-        None => None,
-    };
     tracing::info!(
         mode = match mode { Mode::Standalone => "standalone", Mode::Agent => "agent" },
         instance = instance.id().unwrap_or_default(),
         name = instance.name(),
         data = %data.display(),
         history = node.history().url(),
-        bind = ?resolved.bind,
+        console = ?node.console_addr().map(|a| format!("http://{a}/")),
         "shardcron is running (Ctrl-C or SIGTERM stops it gracefully)"
     );
     let waited = node.wait_for_shutdown_signal().await;
-    if let Some(h) = http {
-        h.abort();
-        let _ = h.await;
-    }
     let stopped = node.shutdown().await;
     waited.map_err(|e| CliError::Failed(e.into()))?;
     stopped.map_err(|e| CliError::Failed(e.into()))?;
@@ -159,9 +245,26 @@ async fn serve(resolved: Resolved, mode: Mode, config: InstanceConfig) -> CliRes
     Ok(())
 }
 
+/// Where `standalone` serves the console when `--bind` is not given.
+pub(crate) const DEFAULT_CONSOLE_BIND: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080),
+);
+
+/// `SHARDCRON_ADMIN_TOKEN`: an admin API token to accept (seeded at start).
+pub(crate) fn admin_token() -> Result<Option<String>, CliError> {
+    match std::env::var("SHARDCRON_ADMIN_TOKEN") {
+        Ok(t) if t.trim().is_empty() => Err(CliError::invalid(
+            "SHARDCRON_ADMIN_TOKEN",
+            "is set but empty",
+        )),
+        Ok(t) => Ok(Some(t)),
+        Err(_) => Ok(None),
+    }
+}
+
 /// The etcd connection the flags describe (TLS files read, password from the
 /// environment).
-fn etcd_options(r: &Resolved) -> Result<EtcdOptions, CliError> {
+pub(crate) fn etcd_options(r: &Resolved) -> Result<EtcdOptions, CliError> {
     let url = r.registry.as_deref().unwrap_or_default();
     let ns = r.namespace.as_deref().unwrap_or_default();
     let mut opts =

@@ -22,6 +22,8 @@
 //! registry_ca = "certs/ca.pem"     # etcds:// registries
 //! registry_cert = "certs/client.pem"
 //! registry_key = "certs/client-key.pem"
+//! admin_password = "..."           # the console's admin; or SHARDCRON_ADMIN_PASSWORD
+//! secure_cookies = true            # behind an HTTPS proxy
 //!
 //! [scripts]
 //! allow = ["/opt/jobs", "scripts"]
@@ -54,7 +56,8 @@ pub(crate) struct NodeFlags {
     /// history spool of both). Default: ./shardcron-data
     #[arg(long, env = "SHARDCRON_DATA", value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
-    /// Serve the HTTP endpoint (/health) on this address, e.g. 127.0.0.1:8080.
+    /// Serve the console, the REST API, /metrics and /health on this address.
+    /// Default: 127.0.0.1:8080 for standalone, none for agent.
     #[arg(long, env = "SHARDCRON_BIND", value_name = "ADDR")]
     pub(crate) bind: Option<SocketAddr>,
     /// History database URL: sqlite://PATH, postgres://..., mysql://...
@@ -153,6 +156,8 @@ struct FileSettings {
     registry_ca: Option<PathBuf>,
     registry_cert: Option<PathBuf>,
     registry_key: Option<PathBuf>,
+    admin_password: Option<String>,
+    secure_cookies: Option<bool>,
 }
 
 const SETTINGS_KEYS: &[&str] = &[
@@ -170,6 +175,8 @@ const SETTINGS_KEYS: &[&str] = &[
     "registry_ca",
     "registry_cert",
     "registry_key",
+    "admin_password",
+    "secure_cookies",
 ];
 
 /// A config file, read and validated.
@@ -401,6 +408,16 @@ fn read_settings(v: &toml::Value, dir: &Path, problems: &mut Vec<String>) -> Fil
                 Ok(s) => out.registry_user = Some(s),
                 Err(e) => bad(e),
             },
+            // The message never quotes the value: it is a secret.
+            "admin_password" => match value.as_str() {
+                Some(s) if s.chars().count() >= 12 => out.admin_password = Some(s.to_string()),
+                Some(_) => bad("must be at least 12 characters".into()),
+                None => bad(format!("expected a string, got {}", value.type_str())),
+            },
+            "secure_cookies" => match value.as_bool() {
+                Some(b) => out.secure_cookies = Some(b),
+                None => bad(format!("expected a boolean, got {}", value.type_str())),
+            },
             "registry_ca" | "registry_cert" | "registry_key" => match string(value) {
                 Ok(s) => {
                     let p = Some(normalize(&dir.join(s)));
@@ -525,6 +542,11 @@ pub(crate) struct Resolved {
     pub(crate) registry_ca: Option<PathBuf>,
     pub(crate) registry_cert: Option<PathBuf>,
     pub(crate) registry_key: Option<PathBuf>,
+    /// The console's admin password: `SHARDCRON_ADMIN_PASSWORD` or
+    /// `settings.admin_password` (never a flag: flags show in `ps`).
+    pub(crate) admin_password: Option<String>,
+    /// Mark the console's cookies `Secure` (`settings.secure_cookies`).
+    pub(crate) secure_cookies: bool,
 }
 
 impl Resolved {
@@ -587,6 +609,17 @@ impl Resolved {
             registry_key: agent
                 .and_then(|a| a.registry_key.clone())
                 .or(file.registry_key.clone()),
+            admin_password: match std::env::var("SHARDCRON_ADMIN_PASSWORD") {
+                Ok(p) if p.chars().count() < 12 => {
+                    return Err(CliError::invalid(
+                        "SHARDCRON_ADMIN_PASSWORD",
+                        "must be at least 12 characters",
+                    ));
+                }
+                Ok(p) => Some(p),
+                Err(_) => file.admin_password.clone(),
+            },
+            secure_cookies: file.secure_cookies.unwrap_or(false),
             script_allow,
             config,
         };

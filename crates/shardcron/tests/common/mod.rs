@@ -20,6 +20,9 @@ pub(crate) fn bin() -> Command {
             c.env_remove(k);
         }
     }
+    // `standalone` serves the console on 127.0.0.1:8080 by default: tests run
+    // side by side, so any free port unless a test binds one itself.
+    c.env("SHARDCRON_BIND", "127.0.0.1:0");
     c
 }
 
