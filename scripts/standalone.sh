@@ -5,6 +5,7 @@
 #   ./scripts/standalone.sh                      # the quickstart
 #   ./scripts/standalone.sh --config my.toml     # your own config file
 #
+# The console: http://127.0.0.1:8080/ (the first start prints the admin password).
 # In another terminal: ./target/release/shardcron history --history sqlite://shardcron-data/history.db
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -19,6 +19,7 @@ use shardcron_store::{AuditEntry, AuditQuery};
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
+use crate::params;
 use crate::state::{AppState, ConsoleState};
 
 /// Longest wait for the database when recording an entry.
@@ -72,37 +73,17 @@ struct ListQuery {
     action: Option<String>,
 }
 
-fn number<T: std::str::FromStr>(field: &str, v: &Option<String>) -> ApiResult<Option<T>> {
-    v.as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<T>().map_err(|_| {
-                ApiError::bad_request(field, format!("expected a non-negative integer, got {s:?}"))
-            })
-        })
-        .transpose()
-}
-
 fn build_query(q: &ListQuery) -> ApiResult<AuditQuery> {
-    let limit = match number::<u32>("limit", &q.limit)? {
-        None => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(
-                "limit",
-                format!("must be from 1 to {MAX_LIMIT}, got {n}"),
-            ));
-        }
-    };
-    let offset = number::<u64>("offset", &q.offset)?.unwrap_or(0);
+    let limit = params::limit(&q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let offset = params::offset(&q.offset)?;
     if i64::try_from(offset).is_err() {
         return Err(ApiError::bad_request("offset", "is too large"));
     }
     Ok(AuditQuery {
         limit,
         offset,
-        actor: q.actor.clone().filter(|s| !s.is_empty()),
-        action: q.action.clone().filter(|s| !s.is_empty()),
+        actor: params::text(&q.actor),
+        action: params::text(&q.action),
     })
 }
 
@@ -111,8 +92,10 @@ async fn list(
     _admin: Admin,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("(query)", e.body_text()))?;
-    let page = state.history.audit(&build_query(&q)?).await?;
+    let page = state
+        .history
+        .audit(&build_query(&params::query(q)?)?)
+        .await?;
     Ok(Json(json!({
         "entries": page.entries,
         "next_offset": page.next_offset,

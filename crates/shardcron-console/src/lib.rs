@@ -19,6 +19,7 @@ pub mod auth;
 mod error;
 pub mod metrics;
 pub mod openapi;
+mod params;
 pub mod state;
 
 use axum::Router;

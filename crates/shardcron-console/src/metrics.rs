@@ -255,6 +255,12 @@ impl Histogram {
         let _ = writeln!(out, "{name}_sum{braces} {}", Float(sum));
         let _ = writeln!(out, "{name}_count{braces} {total}");
     }
+
+    /// The whole family `name` of this histogram alone, without labels.
+    fn render_family(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "histogram", help);
+        self.render(out, name, "");
+    }
 }
 
 /// A float as the exposition writes it: shortest round-trip decimal, `+Inf`,
@@ -290,6 +296,12 @@ fn escape(v: &str) -> String {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A family of one sample without labels: its `# HELP`, `# TYPE` and value.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Seconds from `a` to `b` (negative when `b` is earlier).
@@ -479,21 +491,20 @@ impl Metrics {
             .and_then(Weak::upgrade);
         let running = instance.as_ref().filter(|i| !i.is_stopped());
         let id = running.and_then(|i| i.id());
-        header(
+        single(
             out,
             "shardcron_up",
             "gauge",
             "Whether this node's instance runs and is registered in the cluster (1) or not (0).",
+            u8::from(id.is_some()),
         );
-        let _ = writeln!(out, "shardcron_up {}", u8::from(id.is_some()));
-        header(
+        single(
             out,
             "shardcron_leader",
             "gauge",
             "Whether this node's instance is the cluster's leader (1) or not (0).",
+            u8::from(running.is_some_and(|i| i.is_leader())),
         );
-        let leader = running.is_some_and(|i| i.is_leader());
-        let _ = writeln!(out, "shardcron_leader {}", u8::from(leader));
         let Some(instance) = running else {
             return;
         };
@@ -512,28 +523,20 @@ impl Metrics {
             );
         }
         let skew = instance.skew();
-        header(
+        single(
             out,
             "shardcron_clock_skew_ok",
             "gauge",
             "Whether the clock-skew guard lets this instance fire (1) or not (0).",
-        );
-        let _ = writeln!(
-            out,
-            "shardcron_clock_skew_ok {}",
-            u8::from(skew.allows_firing())
+            u8::from(skew.allows_firing()),
         );
         if let SkewStatus::Ok { skew_ms } | SkewStatus::TooFar { skew_ms, .. } = skew {
-            header(
+            single(
                 out,
                 "shardcron_clock_skew_seconds",
                 "gauge",
                 "Estimated offset of this instance's clock from the cluster's (positive: ahead).",
-            );
-            let _ = writeln!(
-                out,
-                "shardcron_clock_skew_seconds {}",
-                Float(skew_ms as f64 / 1000.0)
+                Float(skew_ms as f64 / 1000.0),
             );
         }
     }
@@ -541,19 +544,19 @@ impl Metrics {
     fn render_executions(&self, out: &mut String) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let started: Vec<u64> = self.started.iter().map(load).collect();
-        header(
-            out,
-            "shardcron_fires_total",
-            "counter",
-            "Fires that started an execution on this node (every source but RETRY).",
-        );
         let fires: u64 = SOURCES
             .iter()
             .zip(&started)
             .filter(|(s, _)| **s != ExecutionSource::Retry)
             .map(|(_, n)| n)
             .sum();
-        let _ = writeln!(out, "shardcron_fires_total {fires}");
+        single(
+            out,
+            "shardcron_fires_total",
+            "counter",
+            "Fires that started an execution on this node (every source but RETRY).",
+            fires,
+        );
         header(
             out,
             "shardcron_executions_started_total",
@@ -581,16 +584,12 @@ impl Metrics {
                 load(n)
             );
         }
-        header(
+        single(
             out,
             "shardcron_failovers_total",
             "counter",
             "Executions started on this node to re-run a fire whose holder died.",
-        );
-        let _ = writeln!(
-            out,
-            "shardcron_failovers_total {}",
-            started[source_index(ExecutionSource::Failover)]
+            started[source_index(ExecutionSource::Failover)],
         );
         header(
             out,
@@ -605,22 +604,16 @@ impl Metrics {
             }
             let _ = writeln!(out, "shardcron_misfires_total{{reason=\"{reason}\"}} {n}");
         }
-        header(
+        self.lateness.render_family(
             out,
             "shardcron_fire_lateness_seconds",
-            "histogram",
             "Time from a fire's scheduled time to the start of its execution (not RETRY).",
         );
-        self.lateness
-            .render(out, "shardcron_fire_lateness_seconds", "");
-        header(
+        self.duration.render_family(
             out,
             "shardcron_execution_duration_seconds",
-            "histogram",
             "Run time of finished executions (not LOST), from start to end.",
         );
-        self.duration
-            .render(out, "shardcron_execution_duration_seconds", "");
     }
 
     fn render_registry(&self, out: &mut String) {

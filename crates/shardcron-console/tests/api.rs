@@ -2,31 +2,33 @@
 //! SQLite history, script jobs): every endpoint, bad input naming its field,
 //! unknown objects, missing and wrong credentials, roles, secrets, the live feed.
 
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Node;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shardcron_console::ConsoleState;
-use shardcron_console::auth::{Auth, AuthOptions};
+use shardcron_console::auth::AuthOptions;
 use shardcron_console::openapi::{Access, OPERATIONS};
-use shardcron_core::clock::SystemClock;
 use shardcron_registry::{MemoryRegistry, Registry};
 use shardcron_runtime::script::{ScriptJob, ScriptOptions};
-use shardcron_runtime::{Cluster, Handlers, Instance, InstanceConfig, Runner, SchedulerOptions};
-use shardcron_store::{HistoryStore, HistoryWriter, WriterOptions};
+use shardcron_runtime::{Handlers, Instance, InstanceConfig, Runner, SchedulerOptions};
+use shardcron_store::{HistoryWriter, WriterOptions};
 use shardcron_testkit::write_script;
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 struct Server {
-    base: String,
     http: reqwest::Client,
     instance: Option<Arc<Instance>>,
-    cluster: Cluster,
     writer: HistoryWriter,
-    scripts: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    scripts: PathBuf,
+    /// Last, so that its directory outlives the instance and the writer.
+    node: Node,
 }
 
 async fn server() -> Server {
@@ -37,9 +39,8 @@ async fn server() -> Server {
     write_script(&scripts, "fail.sh", "echo broken >&2; exit 3");
     write_script(&scripts, "slow.sh", "sleep 30");
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-    let clock = SystemClock::shared();
-    let url = format!("sqlite://{}", dir.path().join("history.db").display());
-    let store = HistoryStore::connect(&url).await.expect("history");
+    let clock = common::clock();
+    let store = common::history(dir.path()).await;
     let writer = HistoryWriter::start(store.clone(), WriterOptions::new(dir.path().join("spool")))
         .await
         .expect("writer");
@@ -57,49 +58,30 @@ async fn server() -> Server {
     let instance = Instance::start_with(registry.clone(), clock.clone(), config, runner)
         .await
         .expect("instance");
-    let (auth, generated) = Auth::init(
+    let (auth, generated) = common::init_auth(
         registry.clone(),
-        clock.clone(),
         AuthOptions {
             admin_password: Some("correct horse battery".into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             secure_cookies: false,
         },
     )
-    .await
-    .expect("auth");
+    .await;
     assert!(
         generated.is_none(),
         "a configured password is not generated"
     );
-    let cluster = Cluster::new(registry, clock.clone());
     let instance = Arc::new(instance);
-    let state = Arc::new(ConsoleState {
-        cluster: cluster.clone(),
-        history: store,
+    let state = ConsoleState {
         instance: Some(Arc::downgrade(&instance)),
-        auth,
-        metrics: None,
-        clock,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(shardcron_console::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    let instance = Some(instance);
+        ..common::state(registry, clock, auth, store)
+    };
     Server {
-        base,
         http: reqwest::Client::new(),
-        instance,
-        cluster,
+        instance: Some(instance),
         writer,
         scripts,
-        _dir: dir,
+        node: common::serve(state, dir).await,
     }
 }
 
@@ -111,7 +93,7 @@ impl Server {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, self.node.at(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -129,14 +111,38 @@ impl Server {
         self.call(method, path, Some(ADMIN_TOKEN), body).await
     }
 
-    async fn get(&self, path: &str) -> Value {
-        let (s, v) = self.admin(Method::GET, path, None).await;
-        assert_eq!(s, StatusCode::OK, "GET {path}: {v}");
+    /// `request` (`METHOD /path`) with `body` as the admin, answered with
+    /// `want`: the answer's body.
+    async fn expect(&self, request: &str, body: Option<Value>, want: StatusCode) -> Value {
+        let (method, path) = request.split_once(' ').expect("METHOD /path");
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let (code, v) = self.admin(method, path, body).await;
+        assert_eq!(code, want, "{request}: {v}");
         v
+    }
+
+    /// `request` (`METHOD /path`) with `body` as the admin is a 400 naming
+    /// `field`: the answer's body.
+    async fn bad_request(&self, request: &str, body: Option<Value>, field: &str) -> Value {
+        let v = self.expect(request, body, StatusCode::BAD_REQUEST).await;
+        assert_eq!(v["field"].as_str(), Some(field), "{request}: {v}");
+        v
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.expect(&format!("GET {path}"), None, StatusCode::OK)
+            .await
     }
 
     fn script(&self, name: &str) -> String {
         self.scripts.join(name).display().to_string()
+    }
+
+    /// Create a manual job running `script` on `shards` items.
+    async fn create_manual(&self, name: &str, script: &str, shards: u32) {
+        let job = manual_job(name, &self.script(script), shards);
+        self.expect("POST /api/jobs", Some(job), StatusCode::CREATED)
+            .await;
     }
 
     /// Wait until `f` returns Some, polling.
@@ -156,21 +162,13 @@ fn manual_job(name: &str, command: &str, shards: u32) -> Value {
     json!({"name": name, "manual": true, "shards": shards, "command": [command]})
 }
 
-fn field(v: &Value) -> Option<&str> {
-    v["field"].as_str()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_served_and_guarded() {
     let s = server().await;
-    let (code, viewer) = s
-        .admin(
-            Method::POST,
-            "/api/tokens",
-            Some(json!({"name": "ro", "role": "viewer"})),
-        )
+    let viewer = json!({"name": "ro", "role": "viewer"});
+    let viewer = s
+        .expect("POST /api/tokens", Some(viewer), StatusCode::CREATED)
         .await;
-    assert_eq!(code, StatusCode::CREATED, "{viewer}");
     let viewer = viewer["token"].as_str().expect("token").to_owned();
     let concrete = |p: &str| {
         p.replace("{name}", "nope")
@@ -239,9 +237,9 @@ async fn jobs_crud_with_bad_input_named_and_nothing_invalid_written() {
     let s = server().await;
     // Bad input: 400 naming the field, nothing written.
     let mut bad = manual_job("bad", &s.script("ok.sh"), 0);
-    let (code, v) = s.admin(Method::POST, "/api/jobs", Some(bad.clone())).await;
-    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
-    assert_eq!(field(&v), Some("shards"), "{v}");
+    let v = s
+        .bad_request("POST /api/jobs", Some(bad.clone()), "shards")
+        .await;
     assert!(
         v["problems"][0]["message"]
             .as_str()
@@ -250,16 +248,10 @@ async fn jobs_crud_with_bad_input_named_and_nothing_invalid_written() {
     );
     bad["shards"] = json!(2);
     bad["colour"] = json!("red");
-    let (code, v) = s.admin(Method::POST, "/api/jobs", Some(bad)).await;
-    assert_eq!(
-        (code, field(&v)),
-        (StatusCode::BAD_REQUEST, Some("colour")),
-        "{v}"
-    );
-    let (code, v) = s
-        .admin(Method::POST, "/api/jobs", Some(json!([1, 2])))
+    s.bad_request("POST /api/jobs", Some(bad), "colour").await;
+    let not_an_object = Some(json!([1, 2]));
+    s.expect("POST /api/jobs", not_an_object, StatusCode::BAD_REQUEST)
         .await;
-    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
     assert!(
         s.get("/api/jobs").await["jobs"]
             .as_array()
@@ -267,35 +259,23 @@ async fn jobs_crud_with_bad_input_named_and_nothing_invalid_written() {
     );
 
     // Validation with a preview of the next fires.
-    let (code, v) = s
-        .admin(
-            Method::POST,
-            "/api/jobs/validate",
-            Some(json!({"name": "v", "cron": "0 0 * * * *", "command": ["./x"]})),
-        )
+    let job = json!({"name": "v", "cron": "0 0 * * * *", "command": ["./x"]});
+    let v = s
+        .expect("POST /api/jobs/validate", Some(job), StatusCode::OK)
         .await;
-    assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["next"].as_array().map(Vec::len), Some(5), "{v}");
-    let (code, v) = s
-        .admin(
-            Method::POST,
-            "/api/jobs/validate",
-            Some(json!({"name": "v", "cron": "61 * * * * *", "command": ["./x"]})),
-        )
+    let job = json!({"name": "v", "cron": "61 * * * * *", "command": ["./x"]});
+    s.bad_request("POST /api/jobs/validate", Some(job), "cron")
         .await;
-    assert_eq!(
-        (code, field(&v)),
-        (StatusCode::BAD_REQUEST, Some("cron")),
-        "{v}"
-    );
 
     // Create, read, conflict.
     let job = json!({"name": "hourly", "cron": "0 0 * * * *", "shards": 3, "command": [s.script("ok.sh")]});
-    let (code, v) = s.admin(Method::POST, "/api/jobs", Some(job.clone())).await;
-    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let v = s
+        .expect("POST /api/jobs", Some(job.clone()), StatusCode::CREATED)
+        .await;
     let revision = v["revision"].as_i64().expect("revision");
-    let (code, _) = s.admin(Method::POST, "/api/jobs", Some(job.clone())).await;
-    assert_eq!(code, StatusCode::CONFLICT);
+    s.expect("POST /api/jobs", Some(job.clone()), StatusCode::CONFLICT)
+        .await;
     let detail = s.get("/api/jobs/hourly").await;
     assert_eq!(detail["job"]["shards"], 3);
     assert_eq!(detail["items"].as_array().map(Vec::len), Some(3));
@@ -305,94 +285,69 @@ async fn jobs_crud_with_bad_input_named_and_nothing_invalid_written() {
     assert_eq!(list["jobs"][0]["schedule"], "cron 0 0 * * * * (UTC)");
     let next = s.get("/api/jobs/hourly/next?count=3").await;
     assert_eq!(next["next"].as_array().map(Vec::len), Some(3));
-    let (code, v) = s
-        .admin(Method::GET, "/api/jobs/hourly/next?count=0", None)
+    s.bad_request("GET /api/jobs/hourly/next?count=0", None, "count")
         .await;
-    assert_eq!((code, field(&v)), (StatusCode::BAD_REQUEST, Some("count")));
 
     // Update: the name cannot change, a stale revision is refused.
     let mut changed = job.clone();
     changed["shards"] = json!(4);
     changed["revision"] = json!(revision);
-    let (code, v) = s
-        .admin(Method::PUT, "/api/jobs/hourly", Some(changed.clone()))
+    let update = Some(changed.clone());
+    s.expect("PUT /api/jobs/hourly", update, StatusCode::OK)
         .await;
-    assert_eq!(code, StatusCode::OK, "{v}");
-    let (code, _) = s
-        .admin(Method::PUT, "/api/jobs/hourly", Some(changed.clone()))
+    // The revision is stale now.
+    let stale = Some(changed.clone());
+    s.expect("PUT /api/jobs/hourly", stale, StatusCode::CONFLICT)
         .await;
-    assert_eq!(code, StatusCode::CONFLICT, "the revision is stale now");
     changed["name"] = json!("other");
     changed["revision"] = Value::Null;
-    let (code, v) = s
-        .admin(Method::PUT, "/api/jobs/hourly", Some(changed))
+    s.bad_request("PUT /api/jobs/hourly", Some(changed), "name")
         .await;
-    assert_eq!(
-        (code, field(&v)),
-        (StatusCode::BAD_REQUEST, Some("name")),
-        "{v}"
-    );
-    let (code, _) = s
-        .admin(
-            Method::PUT,
-            "/api/jobs/missing",
-            Some(manual_job("missing", "./x", 1)),
-        )
+    let missing = Some(manual_job("missing", "./x", 1));
+    s.expect("PUT /api/jobs/missing", missing, StatusCode::NOT_FOUND)
         .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(s.get("/api/jobs/hourly").await["job"]["shards"], 4);
 
     // Enable/disable, items.
-    let (code, v) = s
-        .admin(Method::POST, "/api/jobs/hourly/disable", None)
+    let v = s
+        .expect("POST /api/jobs/hourly/disable", None, StatusCode::OK)
         .await;
-    assert_eq!(
-        (code, v["enabled"].as_bool()),
-        (StatusCode::OK, Some(false))
-    );
+    assert_eq!(v["enabled"].as_bool(), Some(false));
     assert_eq!(s.get("/api/jobs/hourly").await["job"]["enabled"], false);
-    let (code, _) = s.admin(Method::POST, "/api/jobs/hourly/enable", None).await;
-    assert_eq!(code, StatusCode::OK);
-    let (code, _) = s
-        .admin(Method::POST, "/api/jobs/hourly/items/2/disable", None)
-        .await;
-    assert_eq!(code, StatusCode::OK);
+    for (request, want) in [
+        ("POST /api/jobs/hourly/enable", StatusCode::OK),
+        ("POST /api/jobs/hourly/items/2/disable", StatusCode::OK),
+    ] {
+        s.expect(request, None, want).await;
+    }
     assert_eq!(
         s.get("/api/jobs/hourly").await["items"][2]["enabled"],
         false
     );
-    let (code, _) = s
-        .admin(Method::POST, "/api/jobs/hourly/items/9/disable", None)
+    for request in [
+        "POST /api/jobs/hourly/items/9/disable",
+        "POST /api/jobs/hourly/items/x/disable",
+    ] {
+        s.expect(request, None, StatusCode::NOT_FOUND).await;
+    }
+    let items = Some(json!({"items": [7]}));
+    s.bad_request("POST /api/jobs/hourly/trigger", items, "items")
         .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
-    let (code, _) = s
-        .admin(Method::POST, "/api/jobs/hourly/items/x/disable", None)
-        .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
-    let (code, v) = s
-        .admin(
-            Method::POST,
-            "/api/jobs/hourly/trigger",
-            Some(json!({"items": [7]})),
-        )
-        .await;
-    assert_eq!(
-        (code, field(&v)),
-        (StatusCode::BAD_REQUEST, Some("items")),
-        "{v}"
-    );
-    let (code, _) = s
-        .admin(Method::POST, "/api/jobs/missing/trigger", None)
-        .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
+    s.expect(
+        "POST /api/jobs/missing/trigger",
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
 
     // Delete.
-    let (code, _) = s.admin(Method::DELETE, "/api/jobs/hourly", None).await;
-    assert_eq!(code, StatusCode::NO_CONTENT);
-    let (code, _) = s.admin(Method::GET, "/api/jobs/hourly", None).await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
-    let (code, _) = s.admin(Method::DELETE, "/api/jobs/hourly", None).await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
+    for (request, want) in [
+        ("DELETE /api/jobs/hourly", StatusCode::NO_CONTENT),
+        ("GET /api/jobs/hourly", StatusCode::NOT_FOUND),
+        ("DELETE /api/jobs/hourly", StatusCode::NOT_FOUND),
+    ] {
+        s.expect(request, None, want).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,8 +355,9 @@ async fn secrets_are_never_returned_and_survive_an_edit() {
     let s = server().await;
     let job = json!({"name": "hook", "manual": true,
         "http": {"url": "http://127.0.0.1:9/x", "headers": {"Authorization": "Bearer s3cr3t-value"}}});
-    let (code, v) = s.admin(Method::POST, "/api/jobs", Some(job)).await;
-    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let v = s
+        .expect("POST /api/jobs", Some(job), StatusCode::CREATED)
+        .await;
     assert!(!v.to_string().contains("s3cr3t"), "{v}");
     let detail = s.get("/api/jobs/hook").await;
     assert!(!detail.to_string().contains("s3cr3t"), "{detail}");
@@ -412,9 +368,16 @@ async fn secrets_are_never_returned_and_survive_an_edit() {
     // Sending the redacted form back (an edit in the console) keeps the secret.
     let mut edited = detail["job"].clone();
     edited["description"] = json!("edited");
-    let (code, v) = s.admin(Method::PUT, "/api/jobs/hook", Some(edited)).await;
-    assert_eq!(code, StatusCode::OK, "{v}");
-    let stored = s.cluster.get_job("hook").await.expect("read").expect("job");
+    s.expect("PUT /api/jobs/hook", Some(edited), StatusCode::OK)
+        .await;
+    let stored = s
+        .node
+        .state
+        .cluster
+        .get_job("hook")
+        .await
+        .expect("read")
+        .expect("job");
     match &stored.spec.kind {
         shardcron_core::job::JobKind::Http(h) => {
             assert_eq!(
@@ -432,30 +395,17 @@ async fn secrets_are_never_returned_and_survive_an_edit() {
 async fn executions_are_queried_read_and_cancelled() {
     let s = server().await;
     for (name, script) in [("ok", "ok.sh"), ("broken", "fail.sh"), ("slow", "slow.sh")] {
-        let (code, v) = s
-            .admin(
-                Method::POST,
-                "/api/jobs",
-                Some(manual_job(name, &s.script(script), 2)),
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED, "{v}");
+        s.create_manual(name, script, 2).await;
     }
     // Triggers right after creation are kept until the job is seen.
-    for name in ["ok", "broken"] {
-        let (code, v) = s
-            .admin(Method::POST, &format!("/api/jobs/{name}/trigger"), None)
-            .await;
-        assert_eq!(code, StatusCode::ACCEPTED, "{v}");
+    for (name, body) in [
+        ("ok", None),
+        ("broken", None),
+        ("slow", Some(json!({"items": [1]}))),
+    ] {
+        let request = format!("POST /api/jobs/{name}/trigger");
+        s.expect(&request, body, StatusCode::ACCEPTED).await;
     }
-    let (code, _) = s
-        .admin(
-            Method::POST,
-            "/api/jobs/slow/trigger",
-            Some(json!({"items": [1]})),
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED);
     let done = s
         .until("both ok items succeed", async || {
             let v = s.get("/api/executions?job=ok&status=succeeded").await;
@@ -498,19 +448,11 @@ async fn executions_are_queried_read_and_cancelled() {
         ("from=yesterday", "from"),
         ("item=-2", "item"),
     ] {
-        let (code, v) = s
-            .admin(Method::GET, &format!("/api/executions?{q}"), None)
+        s.bad_request(&format!("GET /api/executions?{q}"), None, f)
             .await;
-        assert_eq!(
-            (code, field(&v)),
-            (StatusCode::BAD_REQUEST, Some(f)),
-            "{q}: {v}"
-        );
     }
-    let (code, _) = s
-        .admin(Method::GET, "/api/executions?colour=red", None)
-        .await;
-    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let unknown = "GET /api/executions?colour=red";
+    s.expect(unknown, None, StatusCode::BAD_REQUEST).await;
     // One execution with its transitions.
     let id = done[0]["id"].as_str().expect("id");
     let one = s.get(&format!("/api/executions/{id}")).await;
@@ -522,8 +464,8 @@ async fn executions_are_queried_read_and_cancelled() {
         .filter_map(|t| t["status"].as_str())
         .collect();
     assert_eq!(states, ["RUNNING", "SUCCEEDED"]);
-    let (code, _) = s.admin(Method::GET, "/api/executions/nope", None).await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
+    s.expect("GET /api/executions/nope", None, StatusCode::NOT_FOUND)
+        .await;
     // Cancel: the running one, not a finished one.
     let running = s
         .until("slow runs", async || {
@@ -531,26 +473,14 @@ async fn executions_are_queried_read_and_cancelled() {
             v["executions"][0]["id"].as_str().map(str::to_owned)
         })
         .await;
-    let (code, _) = s
-        .admin(Method::POST, &format!("/api/executions/{id}/cancel"), None)
-        .await;
-    assert_eq!(
-        code,
-        StatusCode::CONFLICT,
-        "a finished execution cannot be cancelled"
-    );
-    let (code, _) = s
-        .admin(Method::POST, "/api/executions/nope/cancel", None)
-        .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
-    let (code, v) = s
-        .admin(
-            Method::POST,
-            &format!("/api/executions/{running}/cancel"),
-            None,
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{v}");
+    for (id, want) in [
+        (id, StatusCode::CONFLICT), // finished: cannot be cancelled
+        ("nope", StatusCode::NOT_FOUND),
+        (&running, StatusCode::ACCEPTED),
+    ] {
+        let request = format!("POST /api/executions/{id}/cancel");
+        s.expect(&request, None, want).await;
+    }
     s.until("the slow run is cancelled", async || {
         let v = s.get(&format!("/api/executions/{running}")).await;
         (v["execution"]["status"] == "CANCELLED").then_some(())
@@ -582,17 +512,10 @@ async fn executions_are_queried_read_and_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_feed_streams_new_statuses() {
     let s = server().await;
-    let (code, _) = s
-        .admin(
-            Method::POST,
-            "/api/jobs",
-            Some(manual_job("feed", &s.script("ok.sh"), 1)),
-        )
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
+    s.create_manual("feed", "ok.sh", 1).await;
     let mut resp = s
         .http
-        .get(format!("{}/api/events", s.base))
+        .get(s.node.at("/api/events"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -603,8 +526,8 @@ async fn the_live_feed_streams_new_statuses() {
             .get("content-type")
             .is_some_and(|c| c.to_str().unwrap_or("").starts_with("text/event-stream"))
     );
-    let (code, _) = s.admin(Method::POST, "/api/jobs/feed/trigger", None).await;
-    assert_eq!(code, StatusCode::ACCEPTED);
+    s.expect("POST /api/jobs/feed/trigger", None, StatusCode::ACCEPTED)
+        .await;
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(text.contains("\"SUCCEEDED\"") && text.contains("\"job\":\"feed\"")) {
@@ -630,46 +553,34 @@ async fn instances_are_listed_flagged_and_shut_down() {
     let id = list["instances"][0]["id"].as_str().expect("id").to_owned();
     assert_eq!(list["instances"][0]["name"], "api-node");
     assert_eq!(list["leader"], id.as_str());
-    let (code, v) = s
-        .admin(Method::POST, "/api/instances/api-node/disable", None)
+    let v = s
+        .expect("POST /api/instances/api-node/disable", None, StatusCode::OK)
         .await;
-    assert_eq!(
-        (code, v["enabled"].as_bool()),
-        (StatusCode::OK, Some(false)),
-        "{v}"
-    );
+    assert_eq!(v["enabled"].as_bool(), Some(false), "{v}");
     assert_eq!(
         s.get("/api/instances").await["instances"][0]["enabled"],
         false
     );
-    let (code, _) = s
-        .admin(Method::POST, "/api/instances/api-node/enable", None)
+    for (request, want) in [
+        ("POST /api/instances/api-node/enable", StatusCode::OK),
+        ("POST /api/instances/ghost/disable", StatusCode::NOT_FOUND),
+    ] {
+        s.expect(request, None, want).await;
+    }
+    s.bad_request("POST /api/instances/bad%20name/disable", None, "name")
         .await;
-    assert_eq!(code, StatusCode::OK);
-    let (code, _) = s
-        .admin(Method::POST, "/api/instances/ghost/disable", None)
-        .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
-    let (code, v) = s
-        .admin(Method::POST, "/api/instances/bad%20name/disable", None)
-        .await;
-    assert_eq!(
-        (code, field(&v)),
-        (StatusCode::BAD_REQUEST, Some("name")),
-        "{v}"
-    );
-    let (code, _) = s
-        .admin(Method::POST, "/api/instances/ghost-1/shutdown", None)
-        .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
+    s.expect(
+        "POST /api/instances/ghost-1/shutdown",
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     let health = s.call(Method::GET, "/api/health", None, None).await;
     assert_eq!(health.0, StatusCode::OK, "{}", health.1);
     assert_eq!(health.1["instance"], id.as_str());
     // Shut it down through the API: the instance sees the request.
-    let (code, _) = s
-        .admin(Method::POST, &format!("/api/instances/{id}/shutdown"), None)
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED);
+    let request = format!("POST /api/instances/{id}/shutdown");
+    s.expect(&request, None, StatusCode::ACCEPTED).await;
     let instance = s.instance.take().expect("instance");
     tokio::time::timeout(Duration::from_secs(10), instance.shutdown_requested())
         .await
@@ -684,20 +595,13 @@ async fn instances_are_listed_flagged_and_shut_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_in_the_audit_log() {
     let s = server().await;
-    let (code, _) = s
-        .admin(
-            Method::POST,
-            "/api/jobs",
-            Some(manual_job("audited", &s.script("ok.sh"), 1)),
-        )
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
-    let (code, _) = s
-        .admin(Method::POST, "/api/jobs/audited/disable", None)
-        .await;
-    assert_eq!(code, StatusCode::OK);
-    let (code, _) = s.admin(Method::DELETE, "/api/jobs/audited", None).await;
-    assert_eq!(code, StatusCode::NO_CONTENT);
+    s.create_manual("audited", "ok.sh", 1).await;
+    for (request, want) in [
+        ("POST /api/jobs/audited/disable", StatusCode::OK),
+        ("DELETE /api/jobs/audited", StatusCode::NO_CONTENT),
+    ] {
+        s.expect(request, None, want).await;
+    }
     let log = s
         .until("the audit entries land", async || {
             let v = s.get("/api/audit?limit=50").await;

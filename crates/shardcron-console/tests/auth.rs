@@ -1,71 +1,30 @@
 //! Logins, sessions, CSRF, rate limiting, API tokens and users, over HTTP against
 //! the real router, with the namespace in a `MemoryRegistry`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Node;
 use reqwest::header::{AUTHORIZATION, COOKIE, RETRY_AFTER, SET_COOKIE};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use shardcron_console::auth::{Auth, AuthOptions};
-use shardcron_console::{AppState, ConsoleState};
-use shardcron_core::clock::{SharedClock, SystemClock};
 use shardcron_registry::{MemoryRegistry, RangeRequest, Registry};
-use shardcron_runtime::Cluster;
-use shardcron_store::HistoryStore;
 
 const PASSWORD: &str = "correct horse battery staple";
 const ENV_TOKEN: &str = "env-admin-token-0123456789abcdef";
-
-/// One node serving the console of a namespace.
-struct Node {
-    url: String,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-fn clock() -> SharedClock {
-    SystemClock::shared()
-}
+/// The header of the session's CSRF token.
+const CSRF: &str = "X-CSRF-Token";
 
 async fn init(registry: &Arc<MemoryRegistry>, opts: AuthOptions) -> (Auth, Option<String>) {
-    let r: Arc<dyn Registry> = registry.clone();
-    Auth::init(r, clock(), opts).await.expect("auth init")
+    common::init_auth(registry.clone(), opts).await
 }
 
 /// Serve the console of `registry` with `auth`.
 async fn serve(registry: &Arc<MemoryRegistry>, auth: Auth) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let history = HistoryStore::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("history.db").display()
-    ))
-    .await
-    .expect("history store");
-    let r: Arc<dyn Registry> = registry.clone();
-    let state: AppState = Arc::new(ConsoleState {
-        cluster: Cluster::new(r, clock()),
-        history,
-        instance: None,
-        auth,
-        metrics: None,
-        clock: clock(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shardcron_console::serve(listener, state, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("serve");
-    });
-    Node {
-        url,
-        _dir: dir,
-        _stop: stop,
-    }
+    common::start(registry.clone(), auth, None).await
 }
 
 /// A namespace whose admin password is [`PASSWORD`], and one node serving it.
@@ -98,25 +57,55 @@ async fn body(r: Response) -> Value {
     r.json().await.unwrap_or(Value::Null)
 }
 
+/// Send `req`.
+async fn send(req: RequestBuilder) -> Response {
+    req.send().await.unwrap()
+}
+
+/// Send `req`: the answer, whose status must be `want`.
+async fn expect(req: RequestBuilder, want: StatusCode) -> Response {
+    let (client, req) = req.build_split();
+    let req = req.unwrap();
+    let what = format!("{} {}", req.method(), req.url().path());
+    let r = client.execute(req).await.unwrap();
+    assert_eq!(r.status(), want, "{what}");
+    r
+}
+
+/// `method path` on `node` with `Authorization: Bearer token`, without cookies.
+fn bearer(node: &Node, method: Method, path: &str, token: &str) -> RequestBuilder {
+    plain().request(method, node.at(path)).bearer_auth(token)
+}
+
+/// A change (`method path` on `node`) through the cookies of `client`, with
+/// the session's CSRF token `csrf`.
+fn change(client: &Client, node: &Node, method: Method, path: &str, csrf: &str) -> RequestBuilder {
+    client.request(method, node.at(path)).header(CSRF, csrf)
+}
+
+/// `method path` on `node` with the session cookie `id` set by hand.
+fn with_session(node: &Node, method: Method, path: &str, id: &str) -> RequestBuilder {
+    plain()
+        .request(method, node.at(path))
+        .header(COOKIE, format!("shardcron_session={id}"))
+}
+
+async fn try_login(client: &Client, node: &Node, user: &str, password: &str) -> Response {
+    let login = json!({"username": user, "password": password});
+    send(client.post(node.at("/api/login")).json(&login)).await
+}
+
 /// Log in with `client`; returns the answer's JSON (with the CSRF token).
 async fn login(client: &Client, node: &Node, user: &str, password: &str) -> Value {
-    let r = client
-        .post(format!("{}/api/login", node.url))
-        .json(&json!({"username": user, "password": password}))
-        .send()
-        .await
-        .unwrap();
+    let r = try_login(client, node, user, password).await;
     assert_eq!(r.status(), StatusCode::OK, "login of {user}");
     body(r).await
 }
 
-async fn try_login(client: &Client, node: &Node, user: &str, password: &str) -> Response {
-    client
-        .post(format!("{}/api/login", node.url))
-        .json(&json!({"username": user, "password": password}))
-        .send()
-        .await
-        .unwrap()
+/// Log in with `client`; returns the session's CSRF token.
+async fn csrf_login(client: &Client, node: &Node, user: &str, password: &str) -> String {
+    let s = login(client, node, user, password).await;
+    s["csrf_token"].as_str().unwrap().to_owned()
 }
 
 /// The raw `Set-Cookie` header and the session id of a login answer.
@@ -160,15 +149,7 @@ async fn value_of(registry: &MemoryRegistry, key: &str) -> Option<(Value, i64)> 
 
 /// Create an API token as `admin` (bearer `admin_token`); returns (id, token).
 async fn create_token(node: &Node, admin_token: &str, name: &str, role: &str) -> (String, String) {
-    let r = plain()
-        .post(format!("{}/api/tokens", node.url))
-        .header(AUTHORIZATION, format!("Bearer {admin_token}"))
-        .json(&json!({"name": name, "role": role}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let b = body(r).await;
+    let b = common::create_token(node, admin_token, name, role).await;
     assert_eq!(b["name"], name);
     assert_eq!(b["role"], role);
     (
@@ -177,14 +158,9 @@ async fn create_token(node: &Node, admin_token: &str, name: &str, role: &str) ->
     )
 }
 
-async fn get_with_token(node: &Node, path: &str, token: &str) -> StatusCode {
-    plain()
-        .get(format!("{}{path}", node.url))
-        .header(AUTHORIZATION, format!("Bearer {token}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
+/// `GET path` on `node` with bearer `token` is answered with `want`.
+async fn get_as(node: &Node, path: &str, token: &str, want: StatusCode) {
+    expect(bearer(node, Method::GET, path, token), want).await;
 }
 
 #[tokio::test]
@@ -248,12 +224,7 @@ async fn there_is_no_default_password() {
     }
     // Nothing is readable without credentials.
     for path in ["/api/session", "/api/users", "/api/tokens"] {
-        let r = plain()
-            .get(format!("{}{path}", node.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        expect(plain().get(node.at(path)), StatusCode::UNAUTHORIZED).await;
     }
 }
 
@@ -286,13 +257,13 @@ async fn the_config_password_is_set_once_and_updated_when_it_changes() {
 
     // Weak passwords and tokens are refused, without echoing them.
     let r: Arc<dyn Registry> = registry.clone();
-    let e = Auth::init(r.clone(), clock(), opts("short"))
+    let e = Auth::init(r.clone(), common::clock(), opts("short"))
         .await
         .unwrap_err();
     assert!(e.contains("at least 12") && !e.contains("short"), "{e}");
     let e = Auth::init(
         r,
-        clock(),
+        common::clock(),
         AuthOptions {
             admin_token: Some("tiny-token".into()),
             ..Default::default()
@@ -325,68 +296,31 @@ async fn login_session_and_logout() {
     assert!(!csrf.is_empty() && csrf != id);
 
     // The cookie authenticates; /api/session gives the same CSRF token.
-    let r = client
-        .get(format!("{}/api/session", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let r = expect(client.get(node.at("/api/session")), StatusCode::OK).await;
     let s = body(r).await;
     assert_eq!(s["user"], "admin");
     assert_eq!(s["csrf_token"], csrf.as_str());
     // A proxy's own Basic authentication does not hide the cookie.
-    let r = client
-        .get(format!("{}/api/session", node.url))
-        .header(AUTHORIZATION, "Basic cHJveHk6cHJveHk=")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = client
-        .get(format!("{}/api/users", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let proxied = client
+        .get(node.at("/api/session"))
+        .header(AUTHORIZATION, "Basic cHJveHk6cHJveHk=");
+    expect(proxied, StatusCode::OK).await;
+    let r = expect(client.get(node.at("/api/users")), StatusCode::OK).await;
     assert_eq!(body(r).await["users"][0]["name"], "admin");
 
     // Logout is a change: it needs the CSRF token.
-    let r = client
-        .post(format!("{}/api/logout", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = client
-        .post(format!("{}/api/logout", node.url))
-        .header("X-CSRF-Token", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let logout = || client.post(node.at("/api/logout"));
+    expect(logout(), StatusCode::FORBIDDEN).await;
+    let r = expect(logout().header(CSRF, &csrf), StatusCode::NO_CONTENT).await;
     let cleared = r.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
-    let r = client
-        .get(format!("{}/api/session", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let session = client.get(node.at("/api/session"));
+    expect(session, StatusCode::UNAUTHORIZED).await;
     // The old cookie, sent again by hand, is dead too.
-    let r = plain()
-        .get(format!("{}/api/session", node.url))
-        .header(COOKIE, format!("shardcron_session={id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let by_hand = with_session(&node, Method::GET, "/api/session", &id);
+    expect(by_hand, StatusCode::UNAUTHORIZED).await;
     // Logging out again is harmless.
-    let r = client
-        .post(format!("{}/api/logout", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    expect(logout(), StatusCode::NO_CONTENT).await;
 }
 
 #[tokio::test]
@@ -402,14 +336,8 @@ async fn sessions_hold_on_every_node_and_logout_ends_them_everywhere() {
     let r = try_login(&plain(), &a, "admin", PASSWORD).await;
     let (_, id) = session_cookie(&r);
     let csrf = body(r).await["csrf_token"].as_str().unwrap().to_owned();
-    let cookie = format!("shardcron_session={id}");
-    let session_on = |node: &Node| {
-        plain()
-            .get(format!("{}/api/session", node.url))
-            .header(COOKIE, cookie.clone())
-            .send()
-    };
-    assert_eq!(session_on(&b).await.unwrap().status(), StatusCode::OK);
+    let session_on = |node: &Node| with_session(node, Method::GET, "/api/session", &id);
+    expect(session_on(&b), StatusCode::OK).await;
 
     // Stored by hash, bound to a lease.
     let dump_before = dump(&registry).await;
@@ -430,24 +358,12 @@ async fn sessions_hold_on_every_node_and_logout_ends_them_everywhere() {
         .unwrap();
     assert!(ttl > Duration::from_secs(11 * 3600) && ttl <= Duration::from_secs(12 * 3600));
 
-    let r = plain()
-        .post(format!("{}/api/logout", a.url))
-        .header(COOKIE, cookie.clone())
-        .header("X-CSRF-Token", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        session_on(&a).await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
+    let logout = with_session(&a, Method::POST, "/api/logout", &id).header(CSRF, &csrf);
+    expect(logout, StatusCode::NO_CONTENT).await;
+    expect(session_on(&a), StatusCode::UNAUTHORIZED).await;
     // The other node may trust its cache for a second, no more.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        session_on(&b).await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
+    expect(session_on(&b), StatusCode::UNAUTHORIZED).await;
     assert!(
         registry
             .range(RangeRequest::prefix("console/sessions/"))
@@ -461,27 +377,18 @@ async fn sessions_hold_on_every_node_and_logout_ends_them_everywhere() {
 #[tokio::test]
 async fn wrong_passwords_are_401_then_rate_limited() {
     let (_registry, node) = start().await;
-    for bad in [
-        json!({"username": "admin", "password": "wrong password 1"}),
-        json!({"username": "nobody", "password": "wrong password 2"}),
+    for (user, password) in [
+        ("admin", "wrong password 1"),
+        ("nobody", "wrong password 2"),
     ] {
-        let r = plain()
-            .post(format!("{}/api/login", node.url))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let r = try_login(&plain(), &node, user, password).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(body(r).await["error"], "wrong user name or password");
     }
     // Missing fields are bad requests naming the field (and not failures).
-    let r = plain()
-        .post(format!("{}/api/login", node.url))
-        .json(&json!({"username": "admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let no_password = json!({"username": "admin"});
+    let r = plain().post(node.at("/api/login")).json(&no_password);
+    let r = expect(r, StatusCode::BAD_REQUEST).await;
     assert_eq!(body(r).await["field"], "password");
 
     for i in 3..=5 {
@@ -526,42 +433,19 @@ async fn successful_logins_do_not_count_against_the_limit() {
 async fn cookie_changes_need_the_csrf_token() {
     let (_registry, node) = start().await;
     let client = browser();
-    let csrf = login(&client, &node, "admin", PASSWORD).await["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let new_token = |csrf: Option<&str>| {
-        let mut req = client
-            .post(format!("{}/api/tokens", node.url))
-            .json(&json!({"name": "ci", "role": "viewer"}));
-        if let Some(c) = csrf {
-            req = req.header("X-CSRF-Token", c);
-        }
-        req.send()
+    let csrf = csrf_login(&client, &node, "admin", PASSWORD).await;
+    let new_token = || {
+        client
+            .post(node.at("/api/tokens"))
+            .json(&json!({"name": "ci", "role": "viewer"}))
     };
-    let r = new_token(None).await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(
-        body(r).await["error"]
-            .as_str()
-            .unwrap()
-            .contains("X-CSRF-Token")
-    );
-    assert_eq!(
-        new_token(Some("not-the-token")).await.unwrap().status(),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        new_token(Some(&csrf)).await.unwrap().status(),
-        StatusCode::CREATED
-    );
+    let r = expect(new_token(), StatusCode::FORBIDDEN).await;
+    assert!(body(r).await["error"].as_str().unwrap().contains(CSRF));
+    let wrong = new_token().header(CSRF, "not-the-token");
+    expect(wrong, StatusCode::FORBIDDEN).await;
+    expect(new_token().header(CSRF, &csrf), StatusCode::CREATED).await;
     // Reads need none.
-    let r = client
-        .get(format!("{}/api/tokens", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let r = expect(client.get(node.at("/api/tokens")), StatusCode::OK).await;
     let tokens = body(r).await;
     assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1);
     assert_eq!(tokens["tokens"][0]["created_by"], "admin");
@@ -582,55 +466,27 @@ async fn api_tokens_are_hashed_and_work_without_csrf() {
     assert_ne!(admin_id, viewer_id);
 
     // A bearer change needs no CSRF token.
-    let r = plain()
-        .post(format!("{}/api/users", node.url))
-        .header(AUTHORIZATION, format!("Bearer {admin}"))
-        .json(&json!({"name": "alice", "password": PASSWORD, "role": "viewer"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let alice = json!({"name": "alice", "password": PASSWORD, "role": "viewer"});
+    let r = bearer(&node, Method::POST, "/api/users", &admin).json(&alice);
+    expect(r, StatusCode::CREATED).await;
 
     // A viewer reads but cannot reach admin routes.
-    let r = plain()
-        .get(format!("{}/api/session", node.url))
-        .header(AUTHORIZATION, format!("Bearer {viewer}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let s = body(r).await;
+    let r = bearer(&node, Method::GET, "/api/session", &viewer);
+    let s = body(expect(r, StatusCode::OK).await).await;
     assert_eq!(s["user"], "token:grafana");
     assert_eq!(s["role"], "viewer");
-    assert_eq!(
-        get_with_token(&node, "/api/tokens", &viewer).await,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        get_with_token(&node, "/api/users", &viewer).await,
-        StatusCode::FORBIDDEN
-    );
-    let r = plain()
-        .post(format!("{}/api/tokens", node.url))
-        .header(AUTHORIZATION, format!("Bearer {viewer}"))
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    get_as(&node, "/api/tokens", &viewer, StatusCode::FORBIDDEN).await;
+    get_as(&node, "/api/users", &viewer, StatusCode::FORBIDDEN).await;
+    let r = bearer(&node, Method::POST, "/api/tokens", &viewer).json(&json!({"name": "x"}));
+    expect(r, StatusCode::FORBIDDEN).await;
 
     // Wrong and malformed credentials.
-    assert_eq!(
-        get_with_token(&node, "/api/users", "sc_not-a-token").await,
-        StatusCode::UNAUTHORIZED
-    );
-    let r = plain()
-        .get(format!("{}/api/users", node.url))
-        .header(AUTHORIZATION, format!("Basic {admin}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let wrong = "sc_not-a-token";
+    get_as(&node, "/api/users", wrong, StatusCode::UNAUTHORIZED).await;
+    let basic = plain()
+        .get(node.at("/api/users"))
+        .header(AUTHORIZATION, format!("Basic {admin}"));
+    expect(basic, StatusCode::UNAUTHORIZED).await;
 
     // Only hashes are stored.
     let all = dump(&registry).await;
@@ -645,30 +501,12 @@ async fn api_tokens_are_hashed_and_work_without_csrf() {
     assert_eq!(rec["sha256"].as_str().unwrap().len(), 64);
 
     // Revoked: 401 at once on this node.
-    let r = plain()
-        .delete(format!("{}/api/tokens/{viewer_id}", node.url))
-        .header(AUTHORIZATION, format!("Bearer {admin}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        get_with_token(&node, "/api/session", &viewer).await,
-        StatusCode::UNAUTHORIZED
-    );
-    let r = plain()
-        .delete(format!("{}/api/tokens/{viewer_id}", node.url))
-        .header(AUTHORIZATION, format!("Bearer {admin}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = plain()
-        .get(format!("{}/api/tokens", node.url))
-        .header(AUTHORIZATION, format!("Bearer {admin}"))
-        .send()
-        .await
-        .unwrap();
+    let viewer_path = format!("/api/tokens/{viewer_id}");
+    let revoke = || bearer(&node, Method::DELETE, &viewer_path, &admin);
+    expect(revoke(), StatusCode::NO_CONTENT).await;
+    get_as(&node, "/api/session", &viewer, StatusCode::UNAUTHORIZED).await;
+    expect(revoke(), StatusCode::NOT_FOUND).await;
+    let r = send(bearer(&node, Method::GET, "/api/tokens", &admin)).await;
     let ids: Vec<String> = body(r).await["tokens"]
         .as_array()
         .unwrap()
@@ -686,13 +524,7 @@ async fn api_tokens_are_hashed_and_work_without_csrf() {
         (json!({"name": "x", "role": "root"}), "role"),
         (json!({"name": 7}), "name"),
     ] {
-        let r = plain()
-            .post(format!("{}/api/tokens", node.url))
-            .header(AUTHORIZATION, format!("Bearer {admin}"))
-            .json(&input)
-            .send()
-            .await
-            .unwrap();
+        let r = send(bearer(&node, Method::POST, "/api/tokens", &admin).json(&input)).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{input}");
         assert_eq!(body(r).await["field"], field, "{input}");
     }
@@ -709,27 +541,13 @@ async fn revoked_tokens_stop_working_on_other_nodes_too() {
     let (b, _) = init(&registry, opts).await;
     let (a, b) = (serve(&registry, a).await, serve(&registry, b).await);
     // b has the token list cached; a token created on a works on b at once.
-    assert_eq!(
-        get_with_token(&b, "/api/session", ENV_TOKEN).await,
-        StatusCode::OK
-    );
+    get_as(&b, "/api/session", ENV_TOKEN, StatusCode::OK).await;
     let (id, token) = create_token(&a, ENV_TOKEN, "short-lived", "viewer").await;
-    assert_eq!(
-        get_with_token(&b, "/api/session", &token).await,
-        StatusCode::OK
-    );
-    let r = plain()
-        .delete(format!("{}/api/tokens/{id}", a.url))
-        .header(AUTHORIZATION, format!("Bearer {ENV_TOKEN}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    get_as(&b, "/api/session", &token, StatusCode::OK).await;
+    let revoke = bearer(&a, Method::DELETE, &format!("/api/tokens/{id}"), ENV_TOKEN);
+    expect(revoke, StatusCode::NO_CONTENT).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        get_with_token(&b, "/api/session", &token).await,
-        StatusCode::UNAUTHORIZED
-    );
+    get_as(&b, "/api/session", &token, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
@@ -763,53 +581,31 @@ async fn the_env_admin_token_is_seeded_once() {
     assert!(!dump(&registry).await.contains(ENV_TOKEN));
 
     let node = serve(&registry, a).await;
-    assert_eq!(
-        get_with_token(&node, "/api/users", ENV_TOKEN).await,
-        StatusCode::OK
-    );
-    let r = plain()
-        .get(format!("{}/api/session", node.url))
-        .header(AUTHORIZATION, format!("Bearer {ENV_TOKEN}"))
-        .send()
-        .await
-        .unwrap();
+    get_as(&node, "/api/users", ENV_TOKEN, StatusCode::OK).await;
+    let r = send(bearer(&node, Method::GET, "/api/session", ENV_TOKEN)).await;
     assert_eq!(body(r).await["role"], "admin");
 
     // A new SHARDCRON_ADMIN_TOKEN replaces the old one.
+    let new_token = "a-brand-new-admin-token-42";
     let (d, _) = init(
         &registry,
         AuthOptions {
-            admin_token: Some("a-brand-new-admin-token-42".into()),
+            admin_token: Some(new_token.into()),
             ..Default::default()
         },
     )
     .await;
     let node = serve(&registry, d).await;
-    assert_eq!(
-        get_with_token(&node, "/api/users", "a-brand-new-admin-token-42").await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get_with_token(&node, "/api/users", ENV_TOKEN).await,
-        StatusCode::UNAUTHORIZED
-    );
+    get_as(&node, "/api/users", new_token, StatusCode::OK).await;
+    get_as(&node, "/api/users", ENV_TOKEN, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test]
 async fn users_roles_and_passwords() {
     let (_registry, node) = start().await;
     let admin = browser();
-    let csrf = login(&admin, &node, "admin", PASSWORD).await["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let post_user = |input: Value| {
-        admin
-            .post(format!("{}/api/users", node.url))
-            .header("X-CSRF-Token", &csrf)
-            .json(&input)
-            .send()
-    };
+    let csrf = csrf_login(&admin, &node, "admin", PASSWORD).await;
+    let post_user = || change(&admin, &node, Method::POST, "/api/users", &csrf);
     for (input, field) in [
         (json!({"password": PASSWORD, "role": "viewer"}), "name"),
         (json!({"name": "bad/name", "password": PASSWORD}), "name"),
@@ -823,86 +619,42 @@ async fn users_roles_and_passwords() {
             "role",
         ),
     ] {
-        let r = post_user(input.clone()).await.unwrap();
+        let r = send(post_user().json(&input)).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{input}");
         assert_eq!(body(r).await["field"], field, "{input}");
     }
-    let r = admin
-        .post(format!("{}/api/users", node.url))
-        .header("X-CSRF-Token", &csrf)
+    let not_json = post_user()
         .header("Content-Type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        .body("{not json");
+    let r = expect(not_json, StatusCode::BAD_REQUEST).await;
     assert_eq!(body(r).await["field"], "body");
 
-    let r = post_user(json!({"name": "bob", "password": PASSWORD, "role": "viewer"}))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let r = post_user(json!({"name": "bob", "password": PASSWORD, "role": "admin"}))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let viewer_bob = json!({"name": "bob", "password": PASSWORD, "role": "viewer"});
+    expect(post_user().json(&viewer_bob), StatusCode::CREATED).await;
+    let admin_bob = json!({"name": "bob", "password": PASSWORD, "role": "admin"});
+    expect(post_user().json(&admin_bob), StatusCode::CONFLICT).await;
 
     // bob is a viewer: reads, but no admin routes; may change his own password.
     let bob = browser();
-    let bob_csrf = login(&bob, &node, "bob", PASSWORD).await["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = bob
-        .get(format!("{}/api/users", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = bob
-        .delete(format!("{}/api/users/admin", node.url))
-        .header("X-CSRF-Token", &bob_csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = bob
-        .put(format!("{}/api/users/admin/password", node.url))
-        .header("X-CSRF-Token", &bob_csrf)
-        .json(&json!({"password": "taking over the admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let bob_csrf = csrf_login(&bob, &node, "bob", PASSWORD).await;
+    let bob_changes = |method, path: &str| change(&bob, &node, method, path, &bob_csrf);
+    expect(bob.get(node.at("/api/users")), StatusCode::FORBIDDEN).await;
+    let r = bob_changes(Method::DELETE, "/api/users/admin");
+    expect(r, StatusCode::FORBIDDEN).await;
+    let r = bob_changes(Method::PUT, "/api/users/admin/password")
+        .json(&json!({"password": "taking over the admin"}));
+    expect(r, StatusCode::FORBIDDEN).await;
     // Another session of bob, which his password change ends.
     let bob_elsewhere = plain();
     let r = try_login(&bob_elsewhere, &node, "bob", PASSWORD).await;
     let (_, other_id) = session_cookie(&r);
-    let r = bob
-        .put(format!("{}/api/users/bob/password", node.url))
-        .header("X-CSRF-Token", &bob_csrf)
-        .json(&json!({"password": "bob's new password"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = bob
-        .get(format!("{}/api/session", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::OK,
-        "the session that changed it goes on"
-    );
-    let r = plain()
-        .get(format!("{}/api/session", node.url))
-        .header(COOKIE, format!("shardcron_session={other_id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "other sessions end");
+    let r = bob_changes(Method::PUT, "/api/users/bob/password")
+        .json(&json!({"password": "bob's new password"}));
+    expect(r, StatusCode::NO_CONTENT).await;
+    // The session that changed it goes on; other sessions end.
+    expect(bob.get(node.at("/api/session")), StatusCode::OK).await;
+    let other = with_session(&node, Method::GET, "/api/session", &other_id);
+    expect(other, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         try_login(&plain(), &node, "bob", PASSWORD).await.status(),
         StatusCode::UNAUTHORIZED
@@ -910,46 +662,17 @@ async fn users_roles_and_passwords() {
     login(&plain(), &node, "bob", "bob's new password").await;
 
     // The last admin cannot go.
-    let r = admin
-        .delete(format!("{}/api/users/admin", node.url))
-        .header("X-CSRF-Token", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let admin_deletes = |path: &str| change(&admin, &node, Method::DELETE, path, &csrf);
+    expect(admin_deletes("/api/users/admin"), StatusCode::CONFLICT).await;
     // Deleting bob ends his sessions.
-    let r = admin
-        .delete(format!("{}/api/users/bob", node.url))
-        .header("X-CSRF-Token", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = bob
-        .get(format!("{}/api/session", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = admin
-        .delete(format!("{}/api/users/bob", node.url))
-        .header("X-CSRF-Token", &csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    expect(admin_deletes("/api/users/bob"), StatusCode::NO_CONTENT).await;
+    expect(bob.get(node.at("/api/session")), StatusCode::UNAUTHORIZED).await;
+    expect(admin_deletes("/api/users/bob"), StatusCode::NOT_FOUND).await;
 
     // A second admin: now either may go, but not both.
-    let r = post_user(json!({"name": "carol", "password": PASSWORD, "role": "admin"}))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let r = admin
-        .get(format!("{}/api/users", node.url))
-        .send()
-        .await
-        .unwrap();
-    let users = body(r).await;
+    let carol = json!({"name": "carol", "password": PASSWORD, "role": "admin"});
+    expect(post_user().json(&carol), StatusCode::CREATED).await;
+    let users = body(send(admin.get(node.at("/api/users"))).await).await;
     let names: Vec<&str> = users["users"]
         .as_array()
         .unwrap()
@@ -961,19 +684,17 @@ async fn users_roles_and_passwords() {
     assert!(users["users"][1]["created_at"].is_string());
     assert!(users["users"][1].get("password_hash").is_none());
     let carol = browser();
-    let carol_csrf = login(&carol, &node, "carol", PASSWORD).await["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let carol_csrf = csrf_login(&carol, &node, "carol", PASSWORD).await;
+    let carol_deletes_admin = change(
+        &carol,
+        &node,
+        Method::DELETE,
+        "/api/users/admin",
+        &carol_csrf,
+    );
     let (by_admin, by_carol) = tokio::join!(
-        admin
-            .delete(format!("{}/api/users/carol", node.url))
-            .header("X-CSRF-Token", &csrf)
-            .send(),
-        carol
-            .delete(format!("{}/api/users/admin", node.url))
-            .header("X-CSRF-Token", &carol_csrf)
-            .send(),
+        admin_deletes("/api/users/carol").send(),
+        carol_deletes_admin.send(),
     );
     let mut statuses = [by_admin.unwrap().status(), by_carol.unwrap().status()];
     statuses.sort();

@@ -1,113 +1,50 @@
 //! `/metrics` and `/api/audit` over HTTP, with the namespace in a
 //! `MemoryRegistry` and the history (and audit log) in SQLite.
 
+mod common;
+
 use std::sync::Arc;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use common::Node;
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use shardcron_console::auth::{Auth, AuthOptions};
+use shardcron_console::audit;
+use shardcron_console::auth::AuthOptions;
 use shardcron_console::metrics::{Metrics, MetricsSink};
-use shardcron_console::{AppState, ConsoleState, audit, auth, metrics};
-use shardcron_core::clock::{SharedClock, SystemClock};
 use shardcron_core::{ExecutionRecord, ExecutionSource, ExecutionStatus};
 use shardcron_registry::{MemoryRegistry, Registry};
-use shardcron_runtime::{Cluster, HistorySink, MemoryHistory};
-use shardcron_store::{HistoryEvent, HistoryStore};
+use shardcron_runtime::{HistorySink, MemoryHistory};
+use shardcron_store::HistoryEvent;
 
 const ADMIN_TOKEN: &str = "metrics-admin-token-0123456789";
 
-struct Node {
-    url: String,
-    state: AppState,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-fn clock() -> SharedClock {
-    SystemClock::shared()
-}
-
-/// A node serving `/metrics`, `/api/audit` and the auth routes, with `metrics`.
+/// A node serving the console (`/metrics`, `/api/audit`, the auth routes...),
+/// with `metrics`.
 async fn serve(metrics: Option<Arc<Metrics>>) -> Node {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-    let (auth, _) = Auth::init(
+    let (auth, _) = common::init_auth(
         registry.clone(),
-        clock(),
         AuthOptions {
             admin_password: Some("correct horse battery staple".into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             ..Default::default()
         },
     )
-    .await
-    .expect("auth init");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let history = HistoryStore::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("history.db").display()
-    ))
-    .await
-    .expect("history store");
-    let state: AppState = Arc::new(ConsoleState {
-        cluster: Cluster::new(registry, clock()),
-        history,
-        instance: None,
-        auth,
-        metrics,
-        clock: clock(),
-    });
-    let router = axum::Router::new()
-        .merge(metrics::routes())
-        .merge(audit::routes())
-        .merge(auth::routes())
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("serve");
-    });
-    Node {
-        url,
-        state,
-        _dir: dir,
-        _stop: stop,
-    }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
+    .await;
+    common::start(registry, auth, metrics).await
 }
 
 /// A new API token with `role`, made by the admin.
 async fn token(node: &Node, name: &str, role: &str) -> String {
-    let r = Client::new()
-        .post(format!("{}/api/tokens", node.url))
-        .header(AUTHORIZATION, bearer(ADMIN_TOKEN))
-        .json(&json!({"name": name, "role": role}))
-        .send()
-        .await
-        .expect("create token");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let v: Value = r.json().await.expect("json");
+    let v = common::create_token(node, ADMIN_TOKEN, name, role).await;
     v["token"].as_str().expect("token").to_owned()
 }
 
 async fn get(node: &Node, path: &str, token: Option<&str>) -> reqwest::Response {
-    let mut req = Client::new().get(format!("{}{path}", node.url));
+    let mut req = Client::new().get(node.at(path));
     if let Some(t) = token {
-        req = req.header(AUTHORIZATION, bearer(t));
+        req = req.bearer_auth(t);
     }
     req.send().await.expect("request")
 }

@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shardcron_core::{ExecutionSource, ExecutionStatus};
@@ -19,6 +18,7 @@ use shardcron_store::ExecutionQuery;
 use crate::audit;
 use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, ApiResult};
+use crate::params;
 use crate::state::AppState;
 
 /// Execution routes.
@@ -51,74 +51,24 @@ struct ListQuery {
     offset: Option<String>,
 }
 
-fn time(field: &str, v: &Option<String>) -> ApiResult<Option<DateTime<Utc>>> {
-    v.as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| {
-                    ApiError::bad_request(field, format!("expected an RFC 3339 time: {e}"))
-                })
-        })
-        .transpose()
-}
-
-fn list_of<T: std::str::FromStr>(field: &str, v: &Option<String>) -> ApiResult<Vec<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    v.as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.to_ascii_uppercase()
-                .parse::<T>()
-                .map_err(|e| ApiError::bad_request(field, e.to_string()))
-        })
-        .collect()
-}
-
-fn number<T: std::str::FromStr>(field: &str, v: &Option<String>) -> ApiResult<Option<T>> {
-    v.as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<T>().map_err(|_| {
-                ApiError::bad_request(field, format!("expected a non-negative integer, got {s:?}"))
-            })
-        })
-        .transpose()
-}
-
 fn build_query(q: &ListQuery) -> ApiResult<ExecutionQuery> {
-    let limit = match number::<u32>("limit", &q.limit)? {
-        None => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::bad_request(
-                "limit",
-                format!("must be from 1 to {MAX_LIMIT}, got {n}"),
-            ));
-        }
-    };
-    let (from, to) = (time("from", &q.from)?, time("to", &q.to)?);
+    let limit = params::limit(&q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let (from, to) = (params::time("from", &q.from)?, params::time("to", &q.to)?);
     if let (Some(f), Some(t)) = (from, to)
         && f > t
     {
         return Err(ApiError::bad_request("to", "must not be before `from`"));
     }
     Ok(ExecutionQuery {
-        job: q.job.clone().filter(|s| !s.is_empty()),
-        item: number("item", &q.item)?,
-        instance: q.instance.clone().filter(|s| !s.is_empty()),
-        statuses: list_of::<ExecutionStatus>("status", &q.status)?,
-        sources: list_of::<ExecutionSource>("source", &q.source)?,
+        job: params::text(&q.job),
+        item: params::number("item", &q.item)?,
+        instance: params::text(&q.instance),
+        statuses: params::list_of::<ExecutionStatus>("status", &q.status)?,
+        sources: params::list_of::<ExecutionSource>("source", &q.source)?,
         started_from: from,
         started_to: to,
         limit,
-        offset: number("offset", &q.offset)?.unwrap_or(0),
+        offset: params::offset(&q.offset)?,
         ..Default::default()
     })
 }
@@ -128,8 +78,7 @@ async fn list(
     _c: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("(query)", e.body_text()))?;
-    let query = build_query(&q)?;
+    let query = build_query(&params::query(q)?)?;
     let page = state.history.query(&query).await?;
     let next_offset =
         (page.items.len() as u32 == query.limit).then(|| query.offset + u64::from(query.limit));

@@ -7,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use shardcron_registry::{Compare, KeyValue, RangeRequest, Txn, TxnOp};
+use shardcron_registry::{Compare, Txn, TxnOp};
 
 use super::store::{self, TokenRecord, UserRecord};
 use super::{
-    Admin, Auth, Caller, ClientAddr, Role, SESSION_COOKIE, SESSION_TTL, password_problem,
-    registry_err, secret, session_cookie, valid_user_name,
+    Admin, Auth, Caller, ClientAddr, Role, SESSION_COOKIE, SESSION_TTL, password_problem, secret,
+    session_cookie, valid_user_name,
 };
 use crate::audit;
 use crate::error::{ApiError, ApiResult};
@@ -148,11 +148,7 @@ async fn login(
     }
     let checked = async {
         let found = if valid_user_name(username) {
-            let kv = auth
-                .registry
-                .get(&store::user(username))
-                .await
-                .map_err(registry_err)?;
+            let kv = auth.get(&store::user(username)).await?;
             kv.and_then(|kv| store::decode::<UserRecord>(&kv).map(|u| (u, kv.create_revision)))
         } else {
             None
@@ -241,18 +237,10 @@ async fn session(caller: Caller, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-async fn range(state: &AppState, prefix: &str) -> ApiResult<Vec<KeyValue>> {
-    Ok(state
-        .auth
-        .registry
-        .range(RangeRequest::prefix(prefix))
-        .await
-        .map_err(registry_err)?
-        .kvs)
-}
-
 async fn list_users(State(state): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
-    let users: Vec<Value> = range(&state, store::USERS)
+    let users: Vec<Value> = state
+        .auth
+        .range(store::USERS)
         .await?
         .iter()
         .filter_map(store::decode::<UserRecord>)
@@ -280,17 +268,7 @@ async fn create_user(
         created_at: now,
         password_changed_at: now,
     };
-    let key = store::user(name);
-    let txn = Txn::new()
-        .when(Compare::absent(key.clone()))
-        .and_then(TxnOp::put(key, store::encode(&rec)));
-    if !auth
-        .registry
-        .txn(txn)
-        .await
-        .map_err(registry_err)?
-        .succeeded
-    {
+    if !auth.put_if_absent(store::user(name), &rec).await? {
         return Err(ApiError::conflict(format!("user {name} already exists")));
     }
     audit::record(
@@ -328,7 +306,7 @@ async fn set_password(
     let hash = auth.hash_password(password).await?;
     let mut changed = false;
     for _ in 0..5 {
-        let Some(kv) = auth.registry.get(&key).await.map_err(registry_err)? else {
+        let Some(kv) = auth.get(&key).await? else {
             return Err(ApiError::not_found(format!("user {name}")));
         };
         let Some(mut rec) = store::decode::<UserRecord>(&kv) else {
@@ -336,16 +314,7 @@ async fn set_password(
         };
         rec.password_hash = hash.clone();
         rec.password_changed_at = auth.clock.wall();
-        let txn = Txn::new()
-            .when(Compare::mod_revision_is(key.clone(), kv.mod_revision))
-            .and_then(TxnOp::put(key.clone(), store::encode(&rec)));
-        if auth
-            .registry
-            .txn(txn)
-            .await
-            .map_err(registry_err)?
-            .succeeded
-        {
+        if auth.put_if_revision(&key, kv.mod_revision, &rec).await? {
             changed = true;
             break;
         }
@@ -378,7 +347,7 @@ async fn delete_user(
     let auth = &state.auth;
     let key = store::user(&name);
     for _ in 0..5 {
-        let users = range(&state, store::USERS).await?;
+        let users = auth.range(store::USERS).await?;
         let Some(target) = users.iter().find(|kv| kv.key == key) else {
             return Err(ApiError::not_found(format!("user {name}")));
         };
@@ -402,13 +371,7 @@ async fn delete_user(
             ));
         }
         txn = txn.and_then(TxnOp::delete(key.clone()));
-        if auth
-            .registry
-            .txn(txn)
-            .await
-            .map_err(registry_err)?
-            .succeeded
-        {
+        if auth.commit(txn).await? {
             auth.revoke_sessions_of(&name, None).await?;
             audit::record(&state, &caller.name, "user.deleted", &name, json!({})).await;
             return Ok(StatusCode::NO_CONTENT);
@@ -420,7 +383,9 @@ async fn delete_user(
 }
 
 async fn list_tokens(State(state): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
-    let tokens: Vec<Value> = range(&state, store::TOKENS)
+    let tokens: Vec<Value> = state
+        .auth
+        .range(store::TOKENS)
         .await?
         .iter()
         .filter_map(store::decode::<TokenRecord>)
@@ -461,17 +426,7 @@ async fn create_token(
         created_at: auth.clock.wall(),
         created_by: caller.name.clone(),
     };
-    let key = store::token(&rec.id);
-    let txn = Txn::new()
-        .when(Compare::absent(key.clone()))
-        .and_then(TxnOp::put(key, store::encode(&rec)));
-    if !auth
-        .registry
-        .txn(txn)
-        .await
-        .map_err(registry_err)?
-        .succeeded
-    {
+    if !auth.put_if_absent(store::token(&rec.id), &rec).await? {
         return Err(ApiError::conflict("token id collision; retry"));
     }
     auth.forget_tokens();
@@ -501,11 +456,7 @@ async fn delete_token(
         return Err(ApiError::not_found(format!("token {id}")));
     }
     let auth = &state.auth;
-    let deleted = auth
-        .registry
-        .delete(&store::token(&id))
-        .await
-        .map_err(registry_err)?;
+    let deleted = auth.delete(&store::token(&id)).await?;
     auth.forget_tokens();
     if deleted.prev.is_none() {
         return Err(ApiError::not_found(format!("token {id}")));

@@ -36,7 +36,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 use shardcron_core::clock::{MonoTime, SharedClock};
-use shardcron_registry::{Compare, Registry, RegistryError, Txn, TxnOp};
+use shardcron_registry::{
+    Compare, DeleteResponse, KeyValue, RangeRequest, Registry, RegistryError, Revision, Txn, TxnOp,
+};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
@@ -339,6 +341,58 @@ impl Auth {
         self.secure_cookies
     }
 
+    /// The value at `key`.
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, ApiError> {
+        self.registry.get(key).await.map_err(registry_err)
+    }
+
+    /// Delete `key`.
+    async fn delete(&self, key: &[u8]) -> Result<DeleteResponse, ApiError> {
+        self.registry.delete(key).await.map_err(registry_err)
+    }
+
+    /// Every key-value under `prefix`.
+    async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, ApiError> {
+        Ok(self
+            .registry
+            .range(RangeRequest::prefix(prefix))
+            .await
+            .map_err(registry_err)?
+            .kvs)
+    }
+
+    /// Run `txn`; whether its conditions held (and so its changes were made).
+    async fn commit(&self, txn: Txn) -> Result<bool, ApiError> {
+        Ok(self
+            .registry
+            .txn(txn)
+            .await
+            .map_err(registry_err)?
+            .succeeded)
+    }
+
+    /// Store `rec` at `key` unless the key exists; whether it was stored.
+    async fn put_if_absent<T: Serialize>(&self, key: Vec<u8>, rec: &T) -> Result<bool, ApiError> {
+        let txn = Txn::new()
+            .when(Compare::absent(key.clone()))
+            .and_then(TxnOp::put(key, store::encode(rec)));
+        self.commit(txn).await
+    }
+
+    /// Store `rec` at `key` if the key's mod revision is still `rev` (0: the key
+    /// is absent); whether it was stored.
+    async fn put_if_revision<T: Serialize>(
+        &self,
+        key: &[u8],
+        rev: Revision,
+        rec: &T,
+    ) -> Result<bool, ApiError> {
+        let txn = Txn::new()
+            .when(Compare::mod_revision_is(key, rev))
+            .and_then(TxnOp::put(key, store::encode(rec)));
+        self.commit(txn).await
+    }
+
     /// Run a password hash or check off the async threads, a few at a time.
     async fn hashing<T: Send + 'static>(
         &self,
@@ -379,7 +433,7 @@ impl Auth {
         let key = store::token(store::ENV_ADMIN_ID);
         let sha256 = secret::sha256_hex(token);
         for _ in 0..5 {
-            let cur = self.registry.get(&key).await.map_err(registry_err)?;
+            let cur = self.get(&key).await?;
             let rev = cur.as_ref().map_or(0, |kv| kv.mod_revision);
             if let Some(rec) = cur.as_ref().and_then(store::decode::<TokenRecord>)
                 && rec.role == Role::Admin
@@ -395,16 +449,7 @@ impl Auth {
                 created_at: self.clock.wall(),
                 created_by: "environment".into(),
             };
-            let txn = Txn::new()
-                .when(Compare::mod_revision_is(key.clone(), rev))
-                .and_then(TxnOp::put(key.clone(), store::encode(&rec)));
-            if self
-                .registry
-                .txn(txn)
-                .await
-                .map_err(registry_err)?
-                .succeeded
-            {
+            if self.put_if_revision(&key, rev, &rec).await? {
                 tracing::info!(
                     "stored the admin API token from SHARDCRON_ADMIN_TOKEN (id env-admin)"
                 );
@@ -420,7 +465,7 @@ impl Auth {
         let key = store::user(store::ADMIN_USER);
         let mut done = false;
         for _ in 0..5 {
-            let cur = self.registry.get(&key).await.map_err(registry_err)?;
+            let cur = self.get(&key).await?;
             let rev = cur.as_ref().map_or(0, |kv| kv.mod_revision);
             let old = cur.as_ref().and_then(store::decode::<UserRecord>);
             if let Some(u) = &old
@@ -438,16 +483,7 @@ impl Auth {
                 created_at: old.as_ref().map_or(now, |u| u.created_at),
                 password_changed_at: now,
             };
-            let txn = Txn::new()
-                .when(Compare::mod_revision_is(key.clone(), rev))
-                .and_then(TxnOp::put(key.clone(), store::encode(&rec)));
-            if self
-                .registry
-                .txn(txn)
-                .await
-                .map_err(registry_err)?
-                .succeeded
-            {
+            if self.put_if_revision(&key, rev, &rec).await? {
                 tracing::info!("set the password of the console user admin from the config");
                 self.revoke_sessions_of(store::ADMIN_USER, None).await?;
                 done = true;
@@ -469,21 +505,14 @@ impl Auth {
             at: self.clock.wall(),
             how: how.into(),
         };
-        let txn = Txn::new()
-            .when(Compare::absent(store::bootstrap()))
-            .and_then(TxnOp::put(store::bootstrap(), store::encode(&b)));
-        self.registry.txn(txn).await.map_err(registry_err)?;
+        self.put_if_absent(store::bootstrap(), &b).await?;
         Ok(())
     }
 
     /// At the namespace's first start (no `console/bootstrap`, no `admin` user),
     /// create `admin` with a generated password and return it.
     async fn bootstrap_password(&self) -> Result<Option<String>, ApiError> {
-        let marker = self
-            .registry
-            .get(&store::bootstrap())
-            .await
-            .map_err(registry_err)?;
+        let marker = self.get(&store::bootstrap()).await?;
         if marker.is_none() {
             let password = secret::new_password();
             let now = self.clock.wall();
@@ -506,13 +535,7 @@ impl Auth {
                     store::user(store::ADMIN_USER),
                     store::encode(&user),
                 ));
-            if self
-                .registry
-                .txn(txn)
-                .await
-                .map_err(registry_err)?
-                .succeeded
-            {
+            if self.commit(txn).await? {
                 tracing::info!("generated the password of the console user admin");
                 return Ok(Some(password));
             }
@@ -521,7 +544,7 @@ impl Auth {
         }
         let users = self
             .registry
-            .range(shardcron_registry::RangeRequest {
+            .range(RangeRequest {
                 prefix: store::USERS.into(),
                 count_only: true,
                 ..Default::default()
@@ -571,11 +594,8 @@ impl Auth {
             return Ok((list.clone(), false));
         }
         let list: Arc<[TokenRecord]> = self
-            .registry
-            .range(shardcron_registry::RangeRequest::prefix(store::TOKENS))
-            .await
-            .map_err(registry_err)?
-            .kvs
+            .range(store::TOKENS)
+            .await?
             .iter()
             .filter_map(store::decode::<TokenRecord>)
             .collect();
@@ -638,12 +658,7 @@ impl Auth {
     }
 
     async fn lookup_session(&self, hash: &str) -> Result<Option<Caller>, ApiError> {
-        let Some(kv) = self
-            .registry
-            .get(&store::session(hash))
-            .await
-            .map_err(registry_err)?
-        else {
+        let Some(kv) = self.get(&store::session(hash)).await? else {
             return Ok(None);
         };
         let Some(s) = store::decode::<SessionRecord>(&kv) else {
@@ -652,12 +667,7 @@ impl Auth {
         if s.expires_at <= self.clock.wall() {
             return Ok(None);
         }
-        let Some(ukv) = self
-            .registry
-            .get(&store::user(&s.user))
-            .await
-            .map_err(registry_err)?
-        else {
+        let Some(ukv) = self.get(&store::user(&s.user)).await? else {
             return Ok(None);
         };
         if ukv.create_revision != s.user_revision {
@@ -701,7 +711,7 @@ impl Auth {
     async fn revoke_session(&self, hash: &str) -> Result<(), ApiError> {
         self.sessions.lock().expect("session cache").remove(hash);
         let key = store::session(hash);
-        let deleted = self.registry.delete(&key).await.map_err(registry_err)?;
+        let deleted = self.delete(&key).await?;
         if let Some(rec) = deleted
             .prev
             .as_ref()
@@ -728,12 +738,7 @@ impl Auth {
             .lock()
             .expect("session cache")
             .retain(|h, (_, c)| c.name != user || Some(h.as_str()) == except);
-        let all = self
-            .registry
-            .range(shardcron_registry::RangeRequest::prefix(store::SESSIONS))
-            .await
-            .map_err(registry_err)?;
-        for kv in &all.kvs {
+        for kv in &self.range(store::SESSIONS).await? {
             let hash = String::from_utf8_lossy(&kv.key[store::SESSIONS.len()..]).into_owned();
             if Some(hash.as_str()) == except {
                 continue;
