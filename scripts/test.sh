@@ -15,10 +15,12 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 . scripts/lib.sh
 
 # System packages the tests start for real: etcd (the registry), protoc (etcd-client's
-# build), MariaDB (history store tests). PostgreSQL 15 comes with the machine.
+# build), MariaDB (history store tests), Chromium (the console's browser tests drive
+# it headless). PostgreSQL 15 comes with the machine.
 ensure_pkg etcd etcd-server
 ensure_pkg protoc protobuf-compiler
 ensure_pkg mariadbd mariadb-server
+ensure_pkg chromium chromium
 
 if ! need_cmd cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

@@ -34,7 +34,13 @@ const s = (tag, attrs, ...kids) => build(document.createElementNS(SVG_NS, tag), 
 
 const mount = (...nodes) => view.replaceChildren(...nodes);
 const enc = encodeURIComponent;
-const go = (hash) => { location.hash = hash; };
+/** Show another page (the page shown stops refreshing at once). */
+function go(hash) {
+  if (location.hash === hash) return route();
+  current = null;
+  location.hash = hash;
+  return undefined;
+}
 
 function qs(params) {
   const q = new URLSearchParams();
@@ -114,7 +120,7 @@ function rel(t) {
 }
 
 /** A <time> showing the local time, with the UTC value and how long ago as title. */
-const time = (t) => (t ? h('time', { datetime: t, title: `${t} (${rel(t)})` }, fmtTime(t)) : '—');
+const time = (t, full) => (t ? h('time', { datetime: t, title: `${t} (${rel(t)})` }, fmtTime(t, full)) : '—');
 
 function duration(e) {
   if (!e.started_at) return '—';
@@ -164,10 +170,11 @@ function btn(label, fn, attrs = {}) {
   const b = h('button', { type: 'button', ...attrs }, label);
   b.addEventListener('click', async () => {
     b.disabled = true;
+    const page = current;
     try {
       const msg = await fn();
       if (typeof msg === 'string') flash(msg, 'ok');
-      await refreshNow();
+      if (current === page) await refreshNow();
     } catch (e) {
       if (e.status !== 401) flash(e.message);
     } finally {
@@ -190,7 +197,7 @@ async function refreshNow(live = false) {
   if (!fn || (live && fn.live === false)) return;
   if (refreshing) { again = true; return refreshing; }
   refreshing = (async () => {
-    try { await fn(); } catch (e) { if (e.status !== 401) flash(e.message); }
+    try { await fn(); } catch (e) { if (e.status !== 401 && fn === current) flash(e.message); }
   })();
   await refreshing;
   refreshing = null;
@@ -208,9 +215,9 @@ function setLive(state) {
   el.className = `live ${state}`;
 }
 
+/** Refresh the page shown soon, at most twice a second however many events arrive. */
 function soon() {
-  clearTimeout(soonTimer);
-  soonTimer = setTimeout(() => refreshNow(true), 250);
+  soonTimer ??= setTimeout(() => { soonTimer = null; refreshNow(true); }, 500);
 }
 
 function stopLive() {
@@ -506,7 +513,8 @@ function jobView(name) {
       }), 'No items.', { 'data-test': 'items-table' }));
     next.replaceChildren(d.next_fires?.length
       ? h('ol', { class: 'times', 'data-test': 'next-fires' }, d.next_fires.map((t) => h('li', {}, time(t), h('span', { class: 'muted' }, ` ${rel(t)}`))))
-      : h('p', { class: 'muted', 'data-test': 'next-fires' }, j.enabled === false ? 'Disabled: fires only when triggered.' : 'No scheduled fires.'));
+      : h('p', { class: 'muted', 'data-test': 'next-fires' }, j.manual ? 'Manual: runs only when triggered.'
+        : j.enabled === false ? 'Disabled: runs only when triggered.' : 'No scheduled fires.'));
     timeline.replaceChildren(timelineChart(ex.executions, j.shards ?? 1));
     execs.replaceChildren(execTable(ex.executions.slice(0, 20), 'No executions yet.', 'job'));
   };
@@ -541,8 +549,8 @@ function timelineChart(list, shards) {
   const now = Date.now();
   const start = (e) => Date.parse(e.started_at || e.fire_time);
   const end = (e) => (e.ended_at ? Date.parse(e.ended_at) : e.status === 'RUNNING' ? now : start(e));
-  const t0 = Math.min(...runs.map(start));
   const t1 = Math.max(now, ...runs.map(end));
+  const t0 = Math.min(t1 - 60e3, ...runs.map(start));
   const items = [...new Set(runs.map((e) => e.item))].sort((a, b) => a - b).slice(0, 40);
   const W = 1100, L = 64, R = 12, T = 6, B = 22, RH = 22;
   const H = T + items.length * RH + B;
@@ -847,24 +855,26 @@ function historyView(m, query) {
 function executionView(id) {
   const body = h('div');
   mount(h('section', { 'data-test': 'execution-page', 'data-id': id }, body));
-  return async () => {
+  const refresh = async () => {
     const d = await get(`/api/executions/${enc(id)}`);
     const e = d.execution;
+    refresh.live = e.status === 'RUNNING'; // follow it until it ends
     body.replaceChildren(
       h('div', { class: 'bar' }, h('h1', {}, 'Execution ', h('span', { class: 'mono', 'data-test': 'exec-id' }, e.id), ' ', badge(e.status)),
         h('span', { class: 'actions' }, e.status === 'RUNNING' && admin() && cancelBtn(e.id),
           h('a', { class: 'button', href: `#/history?${qs({ job: e.job, item: e.item })}` }, 'This item’s history'))),
       dl([['Job', h('a', { href: `#/jobs/${enc(e.job)}` }, e.job)], ['Item', `${e.item} of ${e.total ?? '?'}`],
         ['Source', e.source], ['Attempt', String(e.attempt ?? '')], ['Instance', `${e.instance || '—'}${e.host ? ` on ${e.host}` : ''}`],
-        ['Fire time', time(e.fire_time)], e.fire_time_end ? ['Last fire covered', time(e.fire_time_end)] : null,
-        ['Started', time(e.started_at)], ['Ended', time(e.ended_at)], ['Took', duration(e)],
+        ['Fire time', time(e.fire_time, true)], e.fire_time_end ? ['Last fire covered', time(e.fire_time_end, true)] : null,
+        ['Started', time(e.started_at, true)], ['Ended', time(e.ended_at, true)], ['Took', duration(e)],
         ['Fencing token', String(e.token ?? '—')], e.cause ? ['Cause', e.cause] : null,
         e.skip_reason ? ['Skipped', `${e.skip_reason}${e.skipped_count ? ` (${e.skipped_count} fires)` : ''}`] : null]),
       h('h2', {}, 'Output'),
       e.output ? h('pre', { class: 'output', 'data-test': 'exec-output' }, e.output) : h('p', { class: 'muted', 'data-test': 'exec-output' }, 'No output.'),
       h('h2', {}, 'Transitions'),
-      table(['Status', 'At', 'Message'], (d.transitions || []).map((t) => row({ 'data-test': 'transition' }, badge(t.status), time(t.at), t.message || '')), 'None recorded.'));
+      table(['Status', 'At', 'Message'], (d.transitions || []).map((t) => row({ 'data-test': 'transition' }, badge(t.status), time(t.at, true), t.message || '')), 'None recorded.'));
   };
+  return refresh;
 }
 
 // --------------------------------------------------------- admin pages
@@ -878,7 +888,7 @@ function auditView(m, query) {
     const d = await get(`/api/audit?${qs({ limit: PAGE, offset })}`);
     body.replaceChildren(table(['At', 'Actor', 'Action', 'Target', 'Detail'],
       d.entries.map((e) => row({ 'data-test': 'audit-row' }, time(e.at), e.actor, e.action, e.target || '',
-        typeof e.detail === 'string' ? e.detail : e.detail == null ? '' : h('code', {}, JSON.stringify(e.detail)))), 'No entries.'));
+        typeof e.detail === 'string' ? e.detail : e.detail == null ? '' : h('code', { class: 'detail' }, JSON.stringify(e.detail)))), 'No entries.'));
     pager.replaceChildren(
       offset > 0 ? h('a', { class: 'button', href: `#/audit?${qs({ offset: Math.max(0, offset - PAGE) || null })}` }, '← Newer') : h('span'),
       h('span'),

@@ -34,8 +34,19 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::routes())
         .merge(audit::routes())
         .merge(metrics::routes())
+        .layer(axum::middleware::map_response(api_headers))
         .merge(assets::routes())
         .with_state(state)
+}
+
+/// Every answer carries the console's security headers; API answers are not
+/// cached (they hold state and, for tokens, secrets shown once).
+async fn api_headers(mut response: axum::response::Response) -> axum::response::Response {
+    let h = response.headers_mut();
+    assets::security_headers(h);
+    h.entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Serve the router on `listener` until `shutdown` resolves.

@@ -226,6 +226,23 @@ async fn every_documented_operation_is_served_and_guarded() {
             op.method
         );
     }
+    // Every answer carries the security headers, and API answers are not cached.
+    let resp = s
+        .http
+        .get(s.node.at("/api/jobs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("jobs");
+    let h = resp.headers();
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .is_ok_and(|c| c.contains("default-src 'self'"))
+    );
     // The document itself.
     let (code, doc) = s.call(Method::GET, "/api/openapi.json", None, None).await;
     assert_eq!(code, StatusCode::OK);
@@ -473,6 +490,21 @@ async fn executions_are_queried_read_and_cancelled() {
             v["executions"][0]["id"].as_str().map(str::to_owned)
         })
         .await;
+    // A trigger of the busy item is refused in the history, as a manual one.
+    s.expect(
+        "POST /api/jobs/slow/trigger",
+        Some(json!({"items": [1]})),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let refused = s
+        .until("the second trigger is recorded as skipped", async || {
+            let v = s.get("/api/executions?job=slow&status=SKIPPED").await;
+            v["executions"].as_array()?.first().cloned()
+        })
+        .await;
+    assert_eq!(refused["source"], "MANUAL", "{refused}");
+    assert_eq!(refused["item"], 1, "{refused}");
     for (id, want) in [
         (id, StatusCode::CONFLICT), // finished: cannot be cancelled
         ("nope", StatusCode::NOT_FOUND),

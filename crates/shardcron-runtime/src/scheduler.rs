@@ -898,6 +898,19 @@ impl Scheduler {
     }
 
     fn record_skip(&self, spec: &JobSpec, item: u32, range: &SkippedRange, reason: SkipReason) {
+        self.record_skip_of(spec, item, range, reason, ExecutionSource::Normal);
+    }
+
+    /// A SKIPPED record of fires of `source` (a manual trigger that found its
+    /// item running is MANUAL, so that people see their trigger was refused).
+    fn record_skip_of(
+        &self,
+        spec: &JobSpec,
+        item: u32,
+        range: &SkippedRange,
+        reason: SkipReason,
+        source: ExecutionSource,
+    ) {
         let Some((me, _)) = self.shared.current_session() else {
             return;
         };
@@ -915,7 +928,7 @@ impl Scheduler {
             ended_at: Some(now),
             instance: me,
             host: crate::instance::host_name(),
-            source: ExecutionSource::Normal,
+            source,
             status: ExecutionStatus::Skipped,
             skip_reason: Some(reason),
             attempt: 0,
@@ -1199,7 +1212,13 @@ impl Scheduler {
                         count: 1,
                         capped: false,
                     };
-                    self.record_skip(&spec, item, &range, SkipReason::StillRunning);
+                    self.record_skip_of(
+                        &spec,
+                        item,
+                        &range,
+                        SkipReason::StillRunning,
+                        ExecutionSource::Manual,
+                    );
                 }
                 Ok(Claim::Retry) => {
                     // Either claimed already (fire key exists) or a stale view.

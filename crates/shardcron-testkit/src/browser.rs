@@ -378,6 +378,16 @@ impl Page {
             .unwrap_or_else(|e| panic!("DevTools call failed: {e}"))
     }
 
+    /// Run `source` in every document this page loads from now on, before the
+    /// document's own scripts (to stub a browser API, for example).
+    pub async fn add_init_script(&self, source: &str) {
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": source}),
+        )
+        .await;
+    }
+
     /// Load `url` and wait until the document has loaded.
     pub async fn goto(&self, url: &str) {
         let r = self.call("Page.navigate", json!({"url": url})).await;
@@ -434,7 +444,7 @@ impl Page {
         format!(
             "--- page ---\n{page}\n--- JavaScript errors ---\n{}\n--- browser stderr (tail) ---\n{}",
             errors.join("\n"),
-            tail_lines(&lock(&self.log), 20)
+            tail_lines(&lock(&self.log), 20, |l| !l.contains("dbus"))
         )
     }
 
@@ -495,27 +505,44 @@ impl Page {
     }
 
     /// Click the first element matching `selector` with the mouse, once it is
-    /// visible and enabled (waits up to 10 s).
+    /// visible, enabled and not covered by another element (waits up to 10 s).
     pub async fn click(&self, selector: &str) {
         let sel = js_string(selector);
+        let timeout = Duration::from_secs(10);
         self.wait_for(
             &format!(
                 "{} && !document.querySelector({sel}).disabled",
                 visible_js(selector)
             ),
-            Duration::from_secs(10),
+            timeout,
         )
         .await;
-        let rect = self
-            .eval(&format!(
-                "(() => {{ const e = document.querySelector({sel}); e.scrollIntoView({{block: 'center', inline: 'center'}}); \
-                 const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }})()"
-            ))
-            .await;
-        let (x, y) = (
-            rect[0].as_f64().unwrap_or(0.0),
-            rect[1].as_f64().unwrap_or(0.0),
-        );
+        let deadline = Instant::now() + timeout;
+        let (x, y) = loop {
+            let hit = self
+                .eval(&format!(
+                    "(() => {{ const e = document.querySelector({sel}); if (!e) return [0, 0, 'nothing']; \
+                     e.scrollIntoView({{block: 'center', inline: 'center'}}); \
+                     const r = e.getBoundingClientRect(); const x = r.left + r.width / 2, y = r.top + r.height / 2; \
+                     const top = document.elementFromPoint(x, y); \
+                     return [x, y, !top || e.contains(top) ? '' : top.outerHTML.slice(0, 200)]; }})()"
+                ))
+                .await;
+            let covered = hit[2].as_str().unwrap_or_default().to_string();
+            if covered.is_empty() {
+                break (
+                    hit[0].as_f64().unwrap_or(0.0),
+                    hit[1].as_f64().unwrap_or(0.0),
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cannot click {selector}: covered by {covered}\n{}",
+                    self.state().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
             self.call(
                 "Input.dispatchMouseEvent",
@@ -667,7 +694,8 @@ fn visible_js(selector: &str) -> String {
     )
 }
 
-fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+/// The last `n` lines of `text` that `keep` keeps.
+fn tail_lines(text: &str, n: usize, keep: impl Fn(&str) -> bool) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
