@@ -401,9 +401,11 @@ pub struct Console {
 impl Console {
     /// Listen on `bind` and serve `state` in the background.
     pub async fn start(bind: SocketAddr, state: AppState) -> Result<Console, NodeError> {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .map_err(|e| NodeError::Failed(format!("console: cannot listen on {bind}: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+            NodeError::Failed(format!(
+                "console: cannot listen on {bind} (choose another address with --bind): {e}"
+            ))
+        })?;
         let addr = listener
             .local_addr()
             .map_err(|e| NodeError::Failed(format!("console: {e}")))?;
