@@ -624,6 +624,10 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.shared.stop.send(true);
+        // Like a crash: runs stop now (they keep their run keys for failover),
+        // not when the trigger loop next looks (it may be blocked in a registry
+        // call; found by the simulation).
+        crate::scheduler::abort_all(&self.shared.running);
         if let Some(s) = read(&self.shared.session).as_ref() {
             s.keeper.stop();
         }
@@ -654,6 +658,10 @@ impl Shared {
 
     fn emit(&self, e: InstanceEvent) {
         let _ = self.events.send(e);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopped()
     }
 
     fn stopped(&self) -> bool {
@@ -783,6 +791,9 @@ impl Shared {
             "fencing: the lease can no longer be trusted"
         );
         *write(&self.leader_token) = None;
+        // Stop the runs now, not when the trigger loop next looks: it may be
+        // blocked in a registry call that hangs (found by the simulation).
+        crate::scheduler::fence_runs(&self.running, id);
         self.emit(InstanceEvent::Fenced {
             id: id.to_string(),
             reason: reason.to_string(),

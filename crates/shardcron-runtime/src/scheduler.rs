@@ -309,7 +309,13 @@ impl Scheduler {
                 self.process_failovers().await;
                 self.process_requests().await;
             }
-            let wait = self.next_wait();
+            // Due timers are only served while we may act: otherwise wait a tick
+            // (or a change) instead of spinning on a timer that stays due.
+            let wait = if identity.is_some() && self.shared.may_act() {
+                self.next_wait()
+            } else {
+                self.opts.tick
+            };
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = sess_rx.changed() => {}
@@ -873,6 +879,69 @@ impl Scheduler {
     }
 
     /// After a lost answer: is the run key ours for this fire?
+    /// A failover entry whose run key is gone or was replaced (the holder
+    /// released it after all, racing the leader, and a later fire claimed the
+    /// item) can never be taken over: delete it, so that it does not block the
+    /// item's later failovers (found by the simulation: the item stayed stuck).
+    async fn drop_stale_failover(
+        &self,
+        job: &str,
+        item: u32,
+        entry: &FailoverEntry,
+        entry_rev: i64,
+    ) -> crate::Result<()> {
+        let run_key = keys::run(job, item);
+        let current = self
+            .shared
+            .registry
+            .get(&run_key)
+            .await?
+            .map(|kv| kv.mod_revision);
+        if current == Some(entry.run_revision) {
+            return Ok(());
+        }
+        // The run key must still be as we saw it.
+        let unchanged = match current {
+            Some(rev) => Compare::mod_revision_is(run_key, rev),
+            None => Compare::absent(run_key),
+        };
+        let fo_key = keys::failover(job, item);
+        let resp = self
+            .shared
+            .registry
+            .txn(
+                Txn::new()
+                    .when(Compare::mod_revision_is(fo_key.clone(), entry_rev))
+                    .when(unchanged)
+                    .and_then(TxnOp::delete(fo_key)),
+            )
+            .await?;
+        if resp.succeeded {
+            tracing::info!(job, item, fire = %entry.run.fire, "dropped a stale failover entry (its run key was released or replaced)");
+        }
+        Ok(())
+    }
+
+    /// After a takeover whose answer was lost: the run key's revision (the
+    /// token) if it holds our takeover of execution `execution`.
+    async fn adopt_takeover(&self, job: &str, item: u32, execution: &str, me: &str) -> Option<i64> {
+        for _ in 0..50 {
+            match self.shared.registry.get(&keys::run(job, item)).await {
+                Ok(Some(kv)) => {
+                    let run: RunRecord = decode(&kv.key, &kv.value).ok()?;
+                    return (run.holder == me && run.execution == execution)
+                        .then_some(kv.mod_revision);
+                }
+                Ok(None) => return None,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            if self.shared.current_session().is_none_or(|(id, _)| id != me) {
+                return None;
+            }
+        }
+        None
+    }
+
     async fn adopt(&self, job: &str, item: u32, fire: &str, me: &str) -> crate::Result<Claim> {
         for _ in 0..50 {
             match self.shared.registry.get(&keys::run(job, item)).await {
@@ -1008,26 +1077,12 @@ impl Scheduler {
 
     /// Stop every run task at once, recording nothing (a crash).
     fn abort_all(&self) {
-        for r in lock(&self.running).values() {
-            if let Some(t) = &r.task {
-                t.abort();
-            }
-        }
-        lock(&self.running).clear();
+        abort_all(&self.running);
     }
 
     /// Self-fence: cancel every run of an identity whose lease is untrusted.
     fn fence_runs(&self, identity: &str) {
-        for r in lock(&self.running)
-            .values()
-            .filter(|r| r.identity == identity)
-        {
-            *lock(&r.reason) = Some((
-                ExecutionStatus::Cancelled,
-                "the instance fenced itself (its lease could no longer be trusted)".into(),
-            ));
-            let _ = r.cancel.send(true);
-        }
+        fence_runs(&self.running, identity);
     }
 
     /// Take over failed-over runs of items we own.
@@ -1079,7 +1134,7 @@ impl Scheduler {
         };
         let fo_key = keys::failover(job, item);
         let run_key = keys::run(job, item);
-        let resp = self
+        let sent = self
             .shared
             .registry
             .txn(
@@ -1093,7 +1148,24 @@ impl Scheduler {
                     .and_then(TxnOp::put(run_key, encode(&run)))
                     .and_then(TxnOp::delete(fo_key)),
             )
-            .await?;
+            .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                // The takeover may have committed with its answer lost: the
+                // failover entry is gone then, and nobody else would run the fire.
+                // Adopt it if the run key is ours.
+                let Some(token) = self.adopt_takeover(job, item, &execution, &me).await else {
+                    return Err(e.into());
+                };
+                tracing::info!(job, item, fire = %run.fire, token, "adopted a takeover whose answer was lost");
+                shardcron_registry::TxnResponse {
+                    succeeded: true,
+                    revision: token,
+                    responses: Vec::new(),
+                }
+            }
+        };
         if resp.succeeded {
             tracing::info!(job, item, fire = %run.fire, token = resp.revision, "took over a failed-over run");
             self.start_run(
@@ -1105,6 +1177,10 @@ impl Scheduler {
                 resp.revision,
                 execution,
             );
+        }
+        if !resp.succeeded {
+            self.drop_stale_failover(job, item, entry, entry_rev)
+                .await?;
         }
         Ok(())
     }
@@ -1239,6 +1315,32 @@ impl Scheduler {
     }
 }
 
+/// Stop every run task at once, recording nothing (a crash: the instance was
+/// dropped). Also called by the instance's drop itself, so that runs stop even
+/// while the trigger loop is blocked in a registry call.
+pub(crate) fn abort_all(running: &Mutex<HashMap<String, Running>>) {
+    let mut running = lock(running);
+    for r in running.values() {
+        if let Some(t) = &r.task {
+            t.abort();
+        }
+    }
+    running.clear();
+}
+
+/// Self-fence: cancel every run of `identity`. Called by the fence itself (so
+/// that a trigger loop blocked in a registry call cannot delay it) and again by
+/// the trigger loop when it sees the identity change (harmless: idempotent).
+pub(crate) fn fence_runs(running: &Mutex<HashMap<String, Running>>, identity: &str) {
+    for r in lock(running).values().filter(|r| r.identity == identity) {
+        *lock(&r.reason) = Some((
+            ExecutionStatus::Cancelled,
+            "the instance fenced itself (its lease could no longer be trusted)".into(),
+        ));
+        let _ = r.cancel.send(true);
+    }
+}
+
 /// Cancel the runs of a draining instance that did not finish within the grace
 /// period; they keep their run keys and are failed over.
 pub(crate) fn cancel_for_shutdown(running: &Mutex<HashMap<String, Running>>) {
@@ -1329,8 +1431,8 @@ impl RunTask {
         // over once our old identity is gone. Any other ending releases it.
         let keep_for_failover =
             status == ExecutionStatus::Cancelled && (fenced || self.shared.draining());
-        if !keep_for_failover && let Err(e) = self.release(&claimed, end).await {
-            tracing::warn!(job = %ctx.job, item = ctx.item, error = %e, "release failed; the run key is left for failover");
+        if !keep_for_failover {
+            self.release_until_done(&claimed, end).await;
         }
         lock(&self.running).remove(&ctx.execution_id);
         if !keep_for_failover
@@ -1490,6 +1592,33 @@ impl RunTask {
             crate::listeners::after(&self.handlers, &listener_ctx, &outcome).await;
         }
         (status, fenced, end)
+    }
+
+    /// Release, retrying failures (an unreachable registry, a lost answer) with
+    /// backoff for as long as the claim's identity is ours: a run key left behind
+    /// by a live holder would block its item for good (failover only takes the
+    /// runs of dead holders). Once the identity is fenced or the instance stops,
+    /// the key is left for failover.
+    async fn release_until_done(&self, ctx: &ShardingContext, completed: DateTime<Utc>) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.release(ctx, completed).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let ours = self
+                        .shared
+                        .current_session()
+                        .is_some_and(|(id, _)| id == ctx.instance);
+                    if !ours || self.shared.is_stopping() {
+                        tracing::warn!(job = %ctx.job, item = ctx.item, error = %e, "release failed; the run key is left for failover");
+                        return;
+                    }
+                    tracing::debug!(job = %ctx.job, item = ctx.item, error = %e, ?delay, "release failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// Delete the run key if it is still ours (its revision is our token) and record
