@@ -1594,28 +1594,32 @@ impl RunTask {
         (status, fenced, end)
     }
 
-    /// Release, retrying failures (an unreachable registry, a lost answer) with
-    /// backoff for as long as the claim's identity is ours: a run key left behind
-    /// by a live holder would block its item for good (failover only takes the
-    /// runs of dead holders). Once the identity is fenced or the instance stops,
-    /// the key is left for failover.
+    /// Release, retrying failures (an unreachable registry, a lost answer) until
+    /// it is done or the instance stops. A run key left behind by a live holder
+    /// would block its item for good (failover only takes the runs of dead
+    /// holders), and one left by a fenced holder would make failover run a fire
+    /// that completed (found by the etcd-down fault test). Releasing after a
+    /// fence is safe: the release compares the run key with our token, so it
+    /// does nothing once another instance took the run over. Retries wake at once
+    /// when the instance registers again (the registry is back), to get in before
+    /// the leader's lock delay runs out.
     async fn release_until_done(&self, ctx: &ShardingContext, completed: DateTime<Utc>) {
         let mut delay = Duration::from_millis(50);
+        let mut sessions = self.shared.session_changes();
         loop {
             match self.release(ctx, completed).await {
                 Ok(()) => return,
                 Err(e) => {
-                    let ours = self
-                        .shared
-                        .current_session()
-                        .is_some_and(|(id, _)| id == ctx.instance);
-                    if !ours || self.shared.is_stopping() {
+                    if self.shared.is_stopping() {
                         tracing::warn!(job = %ctx.job, item = ctx.item, error = %e, "release failed; the run key is left for failover");
                         return;
                     }
                     tracing::debug!(job = %ctx.job, item = ctx.item, error = %e, ?delay, "release failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = sessions.changed() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_millis(250));
                 }
             }
         }

@@ -86,13 +86,14 @@ fn run_seeds(seeds: std::ops::Range<u64>) -> (Vec<Outcome>, u64) {
 
 /// Ignored for now: after the fixes it found (runs stopped by the fence
 /// itself, releases retried, lost takeover answers adopted, stale failover
-/// entries dropped, runs aborted when an instance is dropped), about 2 seeds in
-/// 300 still report an I1 overlap in which one live identity takes over a
-/// failover entry for its own running claim of the same fire (seeds 84 and 208 of
-/// 0..300 at the time of writing; replay them with `replay`). Issue 10 stays open
-/// until that is understood; run it with `--run-ignored all`.
+/// entries dropped, runs aborted when an instance is dropped, releases retried
+/// after a fence), about 1 seed in 300 still reports an I1 overlap in which one
+/// live identity takes over a failover entry for its own running claim of the
+/// same fire (seeds 84 and 208, later 136, of 0..300; runs are not fully
+/// deterministic, so a seed does not always replay it). Issue 10 stays open until
+/// that is understood; run it with `--run-ignored all`.
 #[test]
-#[ignore = "about 2 seeds in 300 still report an I1 overlap under investigation (issue 10)"]
+#[ignore = "about 1 seed in 300 still reports an I1 overlap under investigation (issue 10)"]
 fn seeds() {
     let _g = serial();
     let n = env_u64("SHARDCRON_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
