@@ -21,6 +21,7 @@ ensure_pkg etcd etcd-server
 ensure_pkg protoc protobuf-compiler
 ensure_pkg mariadbd mariadb-server
 ensure_pkg chromium chromium
+ensure_pkg faketime faketime
 
 if ! need_cmd cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

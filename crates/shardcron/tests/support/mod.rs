@@ -29,6 +29,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shardcron_testkit::{EtcdServer, free_port, reap_with_this_process, tail};
 
+pub(crate) mod chaos;
+
 // ---------------------------------------------------------------------------
 // Time
 // ---------------------------------------------------------------------------
@@ -343,6 +345,16 @@ impl HistoryRow {
 
     fn evidence(&self) -> String {
         format!("history: {}", self.line)
+    }
+
+    /// Whether this row accounts for a run that died unfinished: LOST (the
+    /// leader's record of a dead holder's run), or CANCELLED by the holder's own
+    /// fence (a live holder that stopped trusting its lease records the truth
+    /// itself, and the store keeps a holder's outcome over the leader's LOST; the
+    /// fire is failed over all the same, which the checker requires separately).
+    fn records_an_unfinished_run(&self) -> bool {
+        self.status == "LOST"
+            || (self.status == "CANCELLED" && self.line.contains("the instance fenced itself"))
     }
 }
 
@@ -743,7 +755,7 @@ pub(crate) fn check(log: &WitnessLog, history: &[HistoryRow], expect: &Expect) -
     for r in &log.runs {
         let row = by_id.get(r.exec_id.as_str());
         if !r.ended() {
-            if row.is_none_or(|h| h.status != "LOST") {
+            if row.is_none_or(|h| !h.records_an_unfinished_run()) {
                 v.push(Violation::new(
                     Kind::NotLostInHistory,
                     format!(
@@ -936,6 +948,8 @@ pub(crate) struct Cluster {
     pub(crate) agents: Vec<Agent>,
     /// Instance ids of agents killed with -9.
     pub(crate) killed: BTreeSet<String>,
+    /// Registry URL per agent name, instead of etcd's own (e.g. through a proxy).
+    pub(crate) registry_for: BTreeMap<String, String>,
     lease_ttl: String,
     dir: Option<tempfile::TempDir>,
 }
@@ -972,6 +986,7 @@ impl Cluster {
             namespace: format!("ns-{test}"),
             agents: Vec::new(),
             killed: BTreeSet::new(),
+            registry_for: BTreeMap::new(),
             lease_ttl: "2s".into(),
             root,
             dir: Some(dir),
@@ -988,10 +1003,15 @@ impl Cluster {
         let port = free_port();
         let out = fs::File::create(&log).expect("agent log");
         let err = out.try_clone().expect("agent log");
+        let registry = self
+            .registry_for
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| self.etcd.url());
         let child = Command::new(shardcron_bin())
             .arg("agent")
             .arg("--registry")
-            .arg(self.etcd.url())
+            .arg(registry)
             .arg("--namespace")
             .arg(&self.namespace)
             .arg("--history")
@@ -1594,6 +1614,18 @@ mod checker_tests {
         assert_eq!(r.kinds(), BTreeSet::from([Kind::NotLostInHistory]), "{r}");
         // Without a record at all, too.
         hist.retain(|h| h.token != 20);
+        let r = checked(&log, &hist, &e);
+        assert_eq!(r.kinds(), BTreeSet::from([Kind::NotLostInHistory]), "{r}");
+        // CANCELLED by its holder's own fence is the truth told by a live holder:
+        // accepted; CANCELLED for another reason is not.
+        let mut fenced = row(0, 3, 20, "CANCELLED", "NORMAL", "b-1");
+        fenced.line.push_str(
+            r#" "cause":"the instance fenced itself (its lease could no longer be trusted)""#,
+        );
+        hist.push(fenced);
+        assert!(checked(&log, &hist, &e).violations.is_empty());
+        hist.retain(|h| h.token != 20);
+        hist.push(row(0, 3, 20, "CANCELLED", "NORMAL", "b-1"));
         let r = checked(&log, &hist, &e);
         assert_eq!(r.kinds(), BTreeSet::from([Kind::NotLostInHistory]), "{r}");
     }
