@@ -4,90 +4,21 @@
 //! invariants I1-I5 from the witness script's log and the history (see
 //! `support`). Each test starts its own etcd, agents and directories.
 
+// Not every helper of the shared support module is used here.
+#[allow(dead_code)]
 mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{Cluster, Expect, JobGrid, Run, now_ns, pid_alive};
+use support::{
+    Cluster, Expect, Run, grid, job, now_ns, pid_alive, run_by_id, summary, wait_full_fires,
+    wait_inflight,
+};
 
 const SEC: i64 = 1_000_000_000;
 const FIRE_ONCE: &str = r#""fire_once""#;
 const CATCH_UP: &str = r#"{ policy = "catch_up", max = 50 }"#;
-
-/// A script job running the witness every `every_s` seconds on `shards` items;
-/// each run lasts `run_s` seconds.
-fn job(name: &str, every_s: u64, shards: u32, run_s: &str, misfire: &str) -> String {
-    format!(
-        r#"
-[[job]]
-name = "{name}"
-every = "{every_s}s"
-shards = {shards}
-param = "{run_s}"
-command = ["./witness.sh"]
-timeout = "30s"
-failover = true
-misfire = {misfire}
-"#
-    )
-}
-
-fn grid(name: &str, every_s: u64, items: u32) -> JobGrid {
-    JobGrid {
-        job: name.into(),
-        every: Duration::from_secs(every_s),
-        items,
-    }
-}
-
-/// Wait until `n` fires of `job` at or after `after_ns` completed on all `items`.
-fn wait_full_fires(c: &mut Cluster, job: &str, items: u32, after_ns: i64, n: usize) {
-    c.wait_for(
-        &format!("{n} fire(s) of {job} completed on all {items} items"),
-        Duration::from_secs(40),
-        |c| (c.log().full_fires_after(job, items, after_ns) >= n).then_some(()),
-    );
-}
-
-/// The run in the log with this execution id.
-fn run_by_id(c: &Cluster, exec_id: &str) -> Run {
-    c.log()
-        .runs
-        .into_iter()
-        .find(|r| r.exec_id == exec_id)
-        .unwrap_or_else(|| panic!("no run {exec_id} in the witness log"))
-}
-
-/// A run of `job` still going, at least `ticks` ticks in, on a running agent
-/// (its current instance), chosen by `pick` among the agents' names.
-fn wait_inflight(
-    c: &mut Cluster,
-    job: &str,
-    ticks: usize,
-    after_ns: i64,
-    pick: impl Fn(&str) -> bool,
-) -> Run {
-    c.wait_for(
-        &format!("a run of {job} in flight on a chosen agent"),
-        Duration::from_secs(40),
-        |c| {
-            let log = c.log();
-            let candidates: Vec<Run> = log
-                .of_job(job)
-                .filter(|r| !r.ended() && r.ticks >= ticks && r.start_ns >= after_ns)
-                .cloned()
-                .collect();
-            candidates.into_iter().find(|r| {
-                let name = Cluster::name_of(&r.instance);
-                pick(name)
-                    && c.live(name).is_some_and(|i| {
-                        c.agents[i].instance.as_deref() == Some(r.instance.as_str())
-                    })
-            })
-        },
-    )
-}
 
 /// After a kill -9 of its agent, a run's processes die (the supervisor kills its
 /// process group) and it never logs its end.
@@ -106,16 +37,6 @@ fn assert_run_killed(c: &mut Cluster, run: &Run, t_kill: i64) {
         "the run went on after its agent was killed -9 and ended {} ms after the kill \
          (its process group was not killed): {r:?}",
         (r.end_ns.unwrap_or_default() - t_kill) / 1_000_000
-    );
-}
-
-fn summary(test: &str, started: Instant, report: &support::Report) {
-    eprintln!(
-        "{test}: {} runs, {} (fire, item) pairs checked, {} SKIPPED on record, in {:.1} s",
-        report.runs,
-        report.fires_checked,
-        report.skipped_fires,
-        started.elapsed().as_secs_f64()
     );
 }
 
@@ -172,7 +93,7 @@ fn kill9_of_an_item_holder_fails_its_run_over_and_kills_its_processes() {
 
     // The next fire runs on every item, the dead agent's included.
     let next = victim_run.fire_ns + 10 * SEC;
-    wait_full_fires(&mut c, "long", 3, next, 1);
+    wait_full_fires(&mut c, "long", 3, next, 1, 40);
     c.stop_all();
 
     let lost = c
@@ -203,7 +124,7 @@ fn kill9_of_the_leader_while_an_agent_joins() {
     c.start(&["n1", "n2", "n3"]);
     let t_ready = now_ns();
     let leader = c.wait_leader(None, Duration::from_secs(20));
-    wait_full_fires(&mut c, "grid", 6, t_ready, 2);
+    wait_full_fires(&mut c, "grid", 6, t_ready, 2, 40);
 
     // Mid-run of one of the leader's items, so that the new leader also has a
     // run to fail over.
@@ -228,7 +149,7 @@ fn kill9_of_the_leader_while_an_agent_joins() {
             .then_some(())
     });
     let t_settled = now_ns();
-    wait_full_fires(&mut c, "grid", 6, t_settled, 3);
+    wait_full_fires(&mut c, "grid", 6, t_settled, 3, 40);
     let live: BTreeSet<String> = c.live_names().iter().map(|n| c.instance(n)).collect();
     let ran = c.log().instances_after("grid", t_settled + 2 * SEC);
     assert!(
@@ -264,7 +185,7 @@ fn sigterm_lets_running_runs_finish_and_hands_items_over() {
     let mut c = Cluster::new("sigterm", &job("grid", 2, 4, "1.5", CATCH_UP));
     c.start(&["n1", "n2", "n3"]);
     let t_ready = now_ns();
-    wait_full_fires(&mut c, "grid", 4, t_ready, 1);
+    wait_full_fires(&mut c, "grid", 4, t_ready, 1, 40);
 
     let inflight = wait_inflight(&mut c, "grid", 3, t_ready, |_| true);
     let victim = Cluster::name_of(&inflight.instance).to_string();
@@ -298,7 +219,7 @@ fn sigterm_lets_running_runs_finish_and_hands_items_over() {
         assert!(r.start_ns < t_exit, "{r:?}");
     }
 
-    wait_full_fires(&mut c, "grid", 4, t_exit, 2);
+    wait_full_fires(&mut c, "grid", 4, t_exit, 2, 40);
     let t_stop = now_ns();
     c.stop_all();
 
@@ -337,7 +258,7 @@ fn rolling_restart_loses_no_fire() {
     let mut c = Cluster::new("rolling", &job("grid", 2, 6, "1", CATCH_UP));
     let old: BTreeSet<String> = c.start(&["n1", "n2", "n3"]).into_iter().collect();
     let t_ready = now_ns();
-    wait_full_fires(&mut c, "grid", 6, t_ready, 1);
+    wait_full_fires(&mut c, "grid", 6, t_ready, 1, 40);
 
     let mut new = BTreeSet::new();
     for name in ["n1", "n2", "n3"] {
@@ -360,10 +281,10 @@ fn rolling_restart_loses_no_fire() {
         );
         new.insert(after);
         let t = now_ns();
-        wait_full_fires(&mut c, "grid", 6, t, 1);
+        wait_full_fires(&mut c, "grid", 6, t, 1, 40);
     }
     let t_all = now_ns();
-    wait_full_fires(&mut c, "grid", 6, t_all, 2);
+    wait_full_fires(&mut c, "grid", 6, t_all, 2, 40);
     let ran = c.log().instances_after("grid", t_all);
     assert!(ran.is_subset(&new), "{ran:?} run by old instances {old:?}?");
     let t_stop = now_ns();
@@ -391,7 +312,7 @@ fn new_agents_pick_up_items() {
     let mut c = Cluster::new("scale-out", &job("grid", 2, 6, "0.3", CATCH_UP));
     let first = c.start(&["n1"]);
     let t_ready = now_ns();
-    wait_full_fires(&mut c, "grid", 6, t_ready, 2);
+    wait_full_fires(&mut c, "grid", 6, t_ready, 2, 40);
     assert_eq!(
         c.log().instances_after("grid", t_ready),
         first.iter().cloned().collect::<BTreeSet<_>>()
@@ -420,7 +341,7 @@ fn new_agents_pick_up_items() {
                 })
         },
     );
-    wait_full_fires(&mut c, "grid", 6, spread + 2 * SEC, 2);
+    wait_full_fires(&mut c, "grid", 6, spread + 2 * SEC, 2, 40);
     let t_stop = now_ns();
     c.stop_all();
 

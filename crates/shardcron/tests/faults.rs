@@ -29,7 +29,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shardcron_testkit::TcpProxy;
 use support::{
-    Cluster, Expect, JobGrid, Kind, Report, Run, Violation, check, now_ns, pid_alive, rfc3339_ns,
+    Cluster, Expect, Kind, Report, Run, Violation, check, grid, now_ns, pid_alive, rfc3339_ns,
+    run_by_id, wait_full_fires, wait_inflight,
 };
 
 const SEC: i64 = 1_000_000_000;
@@ -53,83 +54,15 @@ fn job_with(
     run_s: &str,
     misfire: &str,
 ) -> String {
-    format!(
-        r#"
-[[job]]
-name = "{name}"
-every = "{every_s}s"
-shards = {shards}
-param = "{run_s}"
-command = ["{command}"]
-timeout = "60s"
-failover = true
-misfire = {misfire}
-"#
-    )
+    support::job_table(name, command, every_s, shards, run_s, "60s", misfire)
 }
 
 fn job(name: &str, every_s: u64, shards: u32, run_s: &str, misfire: &str) -> String {
     job_with(name, "./witness.sh", every_s, shards, run_s, misfire)
 }
 
-fn grid(name: &str, every_s: u64, items: u32) -> JobGrid {
-    JobGrid {
-        job: name.into(),
-        every: Duration::from_secs(every_s),
-        items,
-    }
-}
-
 fn ms(d: i64) -> i64 {
     d / MS
-}
-
-/// Wait until `n` fires of `job` at or after `after_ns` completed on all `items`.
-fn wait_full_fires(c: &mut Cluster, job: &str, items: u32, after_ns: i64, n: usize) {
-    c.wait_for(
-        &format!("{n} fire(s) of {job} completed on all {items} items"),
-        Duration::from_secs(60),
-        |c| (c.log().full_fires_after(job, items, after_ns) >= n).then_some(()),
-    );
-}
-
-/// The run in the log with this execution id.
-fn run_by_id(c: &Cluster, exec_id: &str) -> Run {
-    c.log()
-        .runs
-        .into_iter()
-        .find(|r| r.exec_id == exec_id)
-        .unwrap_or_else(|| panic!("no run {exec_id} in the witness log"))
-}
-
-/// A run of `job` still going, at least `ticks` ticks in, started after
-/// `after_ns`, on a running agent (its current instance) whose name `pick` likes.
-fn wait_inflight(
-    c: &mut Cluster,
-    job: &str,
-    ticks: usize,
-    after_ns: i64,
-    pick: impl Fn(&str) -> bool,
-) -> Run {
-    c.wait_for(
-        &format!("a run of {job} in flight on a chosen agent"),
-        Duration::from_secs(40),
-        |c| {
-            let log = c.log();
-            let candidates: Vec<Run> = log
-                .of_job(job)
-                .filter(|r| !r.ended() && r.ticks >= ticks && r.start_ns >= after_ns)
-                .cloned()
-                .collect();
-            candidates.into_iter().find(|r| {
-                let name = Cluster::name_of(&r.instance);
-                pick(name)
-                    && c.live(name).is_some_and(|i| {
-                        c.agents[i].instance.as_deref() == Some(r.instance.as_str())
-                    })
-            })
-        },
-    )
 }
 
 /// The first run of this fire of this item with source FAILOVER, once it ended.
@@ -668,7 +601,7 @@ fn sigstop_of_a_holder_and_its_scripts_for_two_ttls() {
     );
 
     let next = stale.fire_ns + 12 * SEC;
-    wait_full_fires(&mut c, "long", 3, next, 1);
+    wait_full_fires(&mut c, "long", 3, next, 1, 60);
     c.stop_all();
 
     let history = c.history();
@@ -833,7 +766,7 @@ fn sigstop_of_the_agent_only_overlaps_and_the_sink_rejects_the_stale_writer() {
     );
 
     let next = stale.fire_ns + 12 * SEC;
-    wait_full_fires(&mut c, "sunk", 3, next, 1);
+    wait_full_fires(&mut c, "sunk", 3, next, 1, 60);
     c.stop_all();
     drop(sink);
 
@@ -885,7 +818,7 @@ fn a_partitioned_agent_fences_its_items_move_and_it_rejoins() {
     c.start(&["n1", "n2", "n3"]);
     let t_ready = now_ns();
     let leader = c.wait_leader(None, Duration::from_secs(20));
-    wait_full_fires(&mut c, "grid", 6, t_ready, 2);
+    wait_full_fires(&mut c, "grid", 6, t_ready, 2, 60);
 
     let victim = ["n1", "n2", "n3"]
         .into_iter()
@@ -965,7 +898,7 @@ fn a_partitioned_agent_fences_its_items_move_and_it_rejoins() {
         },
     );
     let t_runs = now_ns();
-    wait_full_fires(&mut c, "grid", 6, t_runs, 2);
+    wait_full_fires(&mut c, "grid", 6, t_runs, 2, 60);
     let log_text = agent_log(&mut c, victim);
     assert!(
         log_text.contains("fencing: the lease can no longer be trusted"),
@@ -1079,7 +1012,7 @@ fn etcd_kill9_and_restart_fails_over_within_restart_plus_ttl() {
     }
     // The cluster runs again: a fire after the restart completes on every item.
     let t_after = now_ns();
-    wait_full_fires(&mut c, "long", 3, t_up, 1);
+    wait_full_fires(&mut c, "long", 3, t_up, 1, 60);
     let first_full = c
         .log()
         .completed("long")
@@ -1135,7 +1068,7 @@ fn etcd_down_for_30s_claims_nothing_and_fires_once_afterwards() {
     c.start(&["n1", "n2"]);
     let t_ready = now_ns();
     c.wait_leader(None, Duration::from_secs(20));
-    wait_full_fires(&mut c, "grid", 4, t_ready, 1);
+    wait_full_fires(&mut c, "grid", 4, t_ready, 1, 60);
     // Kill etcd between runs (a run that ends while etcd is down is run again
     // afterwards: see the ignored test below).
     let anchor = between_runs(&mut c, "grid", EVERY, 1000..EVERY * 1000 - 2000);
@@ -1204,7 +1137,7 @@ fn etcd_down_for_30s_claims_nothing_and_fires_once_afterwards() {
         .map(|r| r.start_ns)
         .max()
         .unwrap_or_default();
-    wait_full_fires(&mut c, "grid", 4, t_up, 1);
+    wait_full_fires(&mut c, "grid", 4, t_up, 1, 60);
     let t_stop = now_ns();
     c.stop_all();
 
@@ -1287,7 +1220,7 @@ fn a_run_that_ends_while_etcd_is_down_does_not_run_again() {
     c.start(&["n1", "n2"]);
     let t_ready = now_ns();
     c.wait_leader(None, Duration::from_secs(20));
-    wait_full_fires(&mut c, "grid", 2, t_ready, 1);
+    wait_full_fires(&mut c, "grid", 2, t_ready, 1, 60);
     let inflight = wait_inflight(&mut c, "grid", 1, now_ns(), |_| true);
     let t_kill = now_ns();
     c.etcd.kill9(0);
@@ -1304,7 +1237,7 @@ fn a_run_that_ends_while_etcd_is_down_does_not_run_again() {
     )));
     c.etcd.restart(0);
     let t_up = now_ns();
-    wait_full_fires(&mut c, "grid", 2, t_up, 1);
+    wait_full_fires(&mut c, "grid", 2, t_up, 1, 60);
     let t_stop = now_ns();
     c.stop_all();
     let (report, _) = check_allowing(

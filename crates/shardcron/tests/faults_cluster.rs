@@ -23,28 +23,13 @@ use support::chaos::{
     SpawnOpts, agent_logs, all_agent_logs, api_instances, etcd_compact, etcd_is_leader,
     etcd_leader, etcd_ports, etcd_revision, history_all, job_apply, log_where, start_with,
 };
-use support::{Cluster, Expect, HistoryRow, JobGrid, Report, check, now_ns};
+use support::{
+    Cluster, Expect, HistoryRow, Report, assert_clean, check, grid, job, now_ns, summary,
+    wait_full_fires,
+};
 
 const SEC: i64 = 1_000_000_000;
 const FIRE_ONCE: &str = r#""fire_once""#;
-
-/// A script job running the witness every `every_s` seconds on `shards` items;
-/// each run lasts `run_s` seconds.
-fn job(name: &str, every_s: u64, shards: u32, run_s: &str, misfire: &str) -> String {
-    format!(
-        r#"
-[[job]]
-name = "{name}"
-every = "{every_s}s"
-shards = {shards}
-param = "{run_s}"
-command = ["./witness.sh"]
-timeout = "30s"
-failover = true
-misfire = {misfire}
-"#
-    )
-}
 
 /// A job for the API: its command must be an absolute path (inside the config
 /// file's directory, which the agents allow).
@@ -53,25 +38,8 @@ fn api_job(c: &Cluster, text: &str) -> String {
     text.replace("./witness.sh", &witness.display().to_string())
 }
 
-fn grid(name: &str, every_s: u64, items: u32) -> JobGrid {
-    JobGrid {
-        job: name.into(),
-        every: Duration::from_secs(every_s),
-        items,
-    }
-}
-
 fn secs(ns: i64) -> f64 {
     ns as f64 / 1e9
-}
-
-/// Wait until `n` fires of `job` at or after `after_ns` completed on all `items`.
-fn wait_full_fires(c: &mut Cluster, job: &str, items: u32, after_ns: i64, n: usize, wait: u64) {
-    c.wait_for(
-        &format!("{n} fire(s) of {job} completed on all {items} items"),
-        Duration::from_secs(wait),
-        |c| (c.log().full_fires_after(job, items, after_ns) >= n).then_some(()),
-    );
 }
 
 /// The first fire at or after `after_ns` that completed on all `items`, and when
@@ -89,16 +57,6 @@ fn first_full_fire(c: &Cluster, job: &str, items: u32, after_ns: i64) -> Option<
         .filter_map(|r| r.end_ns)
         .max()?;
     Some((fire, ended))
-}
-
-/// Check and panic with every violation and the cluster's diagnostics.
-fn assert_clean(c: &Cluster, what: &str, report: &Report) {
-    assert!(
-        report.violations.is_empty(),
-        "{what}: invariants violated:\n{report}\nwitness log: {}\n{}",
-        c.witness_log.display(),
-        c.diagnostics()
-    );
 }
 
 /// Check the invariants, and count the runs stopped by their agent's own fence
@@ -121,16 +79,6 @@ fn check_fenced(
         .count();
     assert_clean(c, "invariants", &report);
     (report, fenced)
-}
-
-fn summary(test: &str, started: Instant, report: &Report) {
-    eprintln!(
-        "{test}: {} runs, {} (fire, item) pairs checked, {} SKIPPED on record, in {:.1} s",
-        report.runs,
-        report.fires_checked,
-        report.skipped_fires,
-        started.elapsed().as_secs_f64()
-    );
 }
 
 /// Scenario 1: a 3-member etcd whose leader is killed -9 and restarted three

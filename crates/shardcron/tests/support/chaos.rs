@@ -13,12 +13,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shardcron_testkit::{EtcdServer, free_port, reap_with_this_process};
+use shardcron_testkit::EtcdServer;
 
-use super::{Agent, Cluster, HistoryRow, Run, WitnessLog, parse_history, shardcron_bin};
+use super::{Cluster, HistoryRow, Run, WitnessLog, parse_history, shardcron_bin};
 
 /// The admin API token the agents started with [`SpawnOpts::admin`] accept.
 pub(crate) const ADMIN_TOKEN: &str = "faults-cluster-admin-token";
@@ -65,55 +65,13 @@ impl SpawnOpts {
 
 /// Spawn an agent as [`Cluster::spawn`] does, with `opts`. Returns its index.
 pub(crate) fn spawn_with(c: &mut Cluster, name: &str, opts: &SpawnOpts) -> usize {
-    assert!(c.live(name).is_none(), "agent {name} is already running");
-    let seq = c.agents.iter().filter(|a| a.name == name).count();
-    let log = c.root.join("agents").join(format!("{name}.{seq}.log"));
-    let data = c.root.join("agents").join(format!("{name}.data"));
-    let port = free_port();
-    let out = fs::File::create(&log).expect("agent log");
-    let err = out.try_clone().expect("agent log");
     let registry = opts.registry.clone().unwrap_or_else(|| c.etcd.url());
-    let mut cmd = Command::new(shardcron_bin());
-    cmd.arg("agent")
-        .arg("--registry")
-        .arg(&registry)
-        .arg("--namespace")
-        .arg(&c.namespace)
-        .arg("--history")
-        .arg(&c.history_url)
-        .arg("--config")
-        .arg(&c.config)
-        .arg("--data")
-        .arg(&data)
-        .arg("--name")
-        .arg(name)
-        .arg("--lease-ttl")
-        .arg(&c.lease_ttl)
-        .arg("--bind")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--log")
-        .arg(opts.log.as_deref().unwrap_or("info"))
-        .current_dir(&c.root)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    for (k, v) in &opts.env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("spawn shardcron agent");
-    let pid = child.id();
-    reap_with_this_process(pid);
-    c.agents.push(Agent {
-        name: name.to_string(),
-        port,
-        pid,
-        log,
-        instance: None,
-        child,
-        exited: None,
-    });
-    c.agents.len() - 1
+    c.spawn_agent(
+        name,
+        &registry,
+        opts.log.as_deref().unwrap_or("info"),
+        &opts.env,
+    )
 }
 
 /// Spawn with `opts` and wait (30 s) until healthy; returns the instance id. A

@@ -996,6 +996,24 @@ impl Cluster {
     /// Spawn an agent named `name` (not waiting for it); a restarted name reuses its
     /// data dir. Returns its index in `agents`.
     pub(crate) fn spawn(&mut self, name: &str) -> usize {
+        let registry = self
+            .registry_for
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| self.etcd.url());
+        self.spawn_agent(name, &registry, "info", &[])
+    }
+
+    /// Spawn an agent named `name` on `registry` with the `--log` filter `log` and
+    /// extra environment `env` (not waiting for it); a restarted name reuses its
+    /// data dir. Returns its index in `agents`.
+    pub(crate) fn spawn_agent(
+        &mut self,
+        name: &str,
+        registry: &str,
+        log_filter: &str,
+        env: &[(String, String)],
+    ) -> usize {
         assert!(self.live(name).is_none(), "agent {name} is already running");
         let seq = self.agents.iter().filter(|a| a.name == name).count();
         let log = self.root.join("agents").join(format!("{name}.{seq}.log"));
@@ -1003,13 +1021,8 @@ impl Cluster {
         let port = free_port();
         let out = fs::File::create(&log).expect("agent log");
         let err = out.try_clone().expect("agent log");
-        let registry = self
-            .registry_for
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| self.etcd.url());
-        let child = Command::new(shardcron_bin())
-            .arg("agent")
+        let mut cmd = Command::new(shardcron_bin());
+        cmd.arg("agent")
             .arg("--registry")
             .arg(registry)
             .arg("--namespace")
@@ -1027,14 +1040,16 @@ impl Cluster {
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--log")
-            .arg("info")
+            .arg(log_filter)
             .current_dir(&self.root)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn shardcron agent");
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn shardcron agent");
         let pid = child.id();
         reap_with_this_process(pid);
         self.agents.push(Agent {
@@ -1335,6 +1350,130 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Jobs, waits and checks shared by the multi-process test files
+// ---------------------------------------------------------------------------
+
+/// A script job `[[job]]` table running `command` every `every_s` seconds on
+/// `shards` items; each run lasts `run_s` seconds (the witness's param) and may
+/// take `timeout` at most.
+pub(crate) fn job_table(
+    name: &str,
+    command: &str,
+    every_s: u64,
+    shards: u32,
+    run_s: &str,
+    timeout: &str,
+    misfire: &str,
+) -> String {
+    format!(
+        r#"
+[[job]]
+name = "{name}"
+every = "{every_s}s"
+shards = {shards}
+param = "{run_s}"
+command = ["{command}"]
+timeout = "{timeout}"
+failover = true
+misfire = {misfire}
+"#
+    )
+}
+
+/// A script job running the witness every `every_s` seconds on `shards` items;
+/// each run lasts `run_s` seconds (timeout 30 s).
+pub(crate) fn job(name: &str, every_s: u64, shards: u32, run_s: &str, misfire: &str) -> String {
+    job_table(name, "./witness.sh", every_s, shards, run_s, "30s", misfire)
+}
+
+/// The grid the checker expects of `name`: a fire every `every_s` seconds on
+/// `items` items.
+pub(crate) fn grid(name: &str, every_s: u64, items: u32) -> JobGrid {
+    JobGrid {
+        job: name.into(),
+        every: Duration::from_secs(every_s),
+        items,
+    }
+}
+
+/// Wait (at most `wait_s` seconds) until `n` fires of `job` at or after
+/// `after_ns` completed on all `items`.
+pub(crate) fn wait_full_fires(
+    c: &mut Cluster,
+    job: &str,
+    items: u32,
+    after_ns: i64,
+    n: usize,
+    wait_s: u64,
+) {
+    c.wait_for(
+        &format!("{n} fire(s) of {job} completed on all {items} items"),
+        Duration::from_secs(wait_s),
+        |c| (c.log().full_fires_after(job, items, after_ns) >= n).then_some(()),
+    );
+}
+
+/// The run in the log with this execution id.
+pub(crate) fn run_by_id(c: &Cluster, exec_id: &str) -> Run {
+    c.log()
+        .runs
+        .into_iter()
+        .find(|r| r.exec_id == exec_id)
+        .unwrap_or_else(|| panic!("no run {exec_id} in the witness log"))
+}
+
+/// A run of `job` still going, at least `ticks` ticks in, started after
+/// `after_ns`, on a running agent (its current instance) whose name `pick` likes.
+pub(crate) fn wait_inflight(
+    c: &mut Cluster,
+    job: &str,
+    ticks: usize,
+    after_ns: i64,
+    pick: impl Fn(&str) -> bool,
+) -> Run {
+    c.wait_for(
+        &format!("a run of {job} in flight on a chosen agent"),
+        Duration::from_secs(40),
+        |c| {
+            let log = c.log();
+            let candidates: Vec<Run> = log
+                .of_job(job)
+                .filter(|r| !r.ended() && r.ticks >= ticks && r.start_ns >= after_ns)
+                .cloned()
+                .collect();
+            candidates.into_iter().find(|r| {
+                let name = Cluster::name_of(&r.instance);
+                pick(name)
+                    && c.live(name).is_some_and(|i| {
+                        c.agents[i].instance.as_deref() == Some(r.instance.as_str())
+                    })
+            })
+        },
+    )
+}
+
+/// Panic with every violation of `report` and the cluster's diagnostics.
+pub(crate) fn assert_clean(c: &Cluster, what: &str, report: &Report) {
+    assert!(
+        report.violations.is_empty(),
+        "{what}: invariants violated:\n{report}\nwitness log: {}\n{}",
+        c.witness_log.display(),
+        c.diagnostics()
+    );
+}
+
+/// Print what a scenario checked and how long it took.
+pub(crate) fn summary(test: &str, started: Instant, report: &Report) {
+    eprintln!(
+        "{test}: {} runs, {} (fire, item) pairs checked, {} SKIPPED on record, in {:.1} s",
+        report.runs,
+        report.fires_checked,
+        report.skipped_fires,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 // ---------------------------------------------------------------------------
