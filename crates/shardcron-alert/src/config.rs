@@ -11,6 +11,7 @@ use serde_json::{Value as Json, json};
 
 use crate::alert::AlertKind;
 use crate::secret::{Secret, SecretUrl};
+use shardcron_core::value::{Table, Val, closest};
 
 /// Longest alert name, in characters.
 const MAX_NAME_LEN: usize = 64;
@@ -254,7 +255,7 @@ impl AlertConfig {
         value: &toml::Value,
         field: &str,
     ) -> Result<Vec<AlertConfig>, AlertConfigErrors> {
-        read_list(&Val::from_toml(value), field)
+        read_list(&Val::from_toml(value.clone()), field)
     }
 
     /// Reads an array of alert objects; `null` fields count as absent.
@@ -267,7 +268,7 @@ impl AlertConfig {
 
     /// Reads one alert table, naming fields `{field}.key`.
     pub fn from_toml(value: &toml::Value, field: &str) -> Result<AlertConfig, AlertConfigErrors> {
-        read_one_checked(&Val::from_toml(value), field)
+        read_one_checked(&Val::from_toml(value.clone()), field)
     }
 
     /// Reads one alert object.
@@ -292,7 +293,7 @@ impl AlertConfig {
             });
         }
         let list = match root.get("alert") {
-            Some(v) => read_list(&Val::from_toml(v), "alert"),
+            Some(v) => read_list(&Val::from_toml(v.clone()), "alert"),
             None => Ok(Vec::new()),
         };
         match list {
@@ -383,70 +384,6 @@ impl Serialize for AlertConfig {
 
 // ---------------------------------------------------------------------------------
 // Reading.
-
-#[derive(Debug, Clone, PartialEq)]
-enum Val {
-    Null,
-    Bool(bool),
-    Int(i128),
-    Float(f64),
-    Str(String),
-    Datetime,
-    Array(Vec<Val>),
-    Table(BTreeMap<String, Val>),
-}
-
-type Table = BTreeMap<String, Val>;
-
-impl Val {
-    fn from_toml(v: &toml::Value) -> Val {
-        match v {
-            toml::Value::String(s) => Val::Str(s.clone()),
-            toml::Value::Integer(i) => Val::Int((*i).into()),
-            toml::Value::Float(f) => Val::Float(*f),
-            toml::Value::Boolean(b) => Val::Bool(*b),
-            toml::Value::Datetime(_) => Val::Datetime,
-            toml::Value::Array(a) => Val::Array(a.iter().map(Val::from_toml).collect()),
-            toml::Value::Table(t) => Val::Table(
-                t.iter()
-                    .map(|(k, v)| (k.clone(), Val::from_toml(v)))
-                    .collect(),
-            ),
-        }
-    }
-
-    fn from_json(v: &Json) -> Val {
-        match v {
-            Json::Null => Val::Null,
-            Json::Bool(b) => Val::Bool(*b),
-            Json::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => Val::Int(i.into()),
-                (None, Some(u)) => Val::Int(u.into()),
-                (None, None) => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Json::String(s) => Val::Str(s.clone()),
-            Json::Array(a) => Val::Array(a.iter().map(Val::from_json).collect()),
-            Json::Object(o) => Val::Table(
-                o.iter()
-                    .map(|(k, v)| (k.clone(), Val::from_json(v)))
-                    .collect(),
-            ),
-        }
-    }
-
-    fn type_name(&self) -> &'static str {
-        match self {
-            Val::Null => "null",
-            Val::Bool(_) => "a boolean",
-            Val::Int(_) => "an integer",
-            Val::Float(_) => "a float",
-            Val::Str(_) => "a string",
-            Val::Datetime => "a datetime",
-            Val::Array(_) => "an array",
-            Val::Table(_) => "a table",
-        }
-    }
-}
 
 /// Marks a field whose problem has been recorded.
 #[derive(Debug, Clone, Copy)]
@@ -882,31 +819,6 @@ fn check_subject(s: &str) -> Result<String, String> {
         rest = &after[close + 1..];
     }
     Ok(s.to_owned())
-}
-
-/// The known name nearest to `key`, when it is close enough to be a typo.
-fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
-    let limit = key.chars().count().div_ceil(3).max(1);
-    known
-        .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

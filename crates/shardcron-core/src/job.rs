@@ -235,6 +235,7 @@ use crate::duration::{HumanDuration, parse_duration};
 use crate::execution::ShardingContext;
 use crate::schedule::{CronSchedule, Schedule, ScheduleError, parse_tz};
 use crate::sharding::Strategy;
+use crate::value::{Table, Val, closest};
 
 /// Most sharding items a job may have.
 pub const MAX_SHARDS: u32 = 10_000;
@@ -1230,71 +1231,6 @@ impl JobSpec {
 // Reading: TOML and JSON are first turned into one generic value, then validated
 // field by field so that every problem of every job is reported in one go.
 
-/// A TOML or JSON value. Datetimes stay apart from strings so that only `at` accepts
-/// them.
-#[derive(Debug, Clone, PartialEq)]
-enum Val {
-    Null,
-    Bool(bool),
-    Int(i128),
-    Float(f64),
-    Str(String),
-    Datetime(toml::value::Datetime),
-    Array(Vec<Val>),
-    Table(Table),
-}
-
-type Table = BTreeMap<String, Val>;
-
-impl Val {
-    fn from_toml(v: toml::Value) -> Val {
-        match v {
-            toml::Value::String(s) => Val::Str(s),
-            toml::Value::Integer(i) => Val::Int(i.into()),
-            toml::Value::Float(f) => Val::Float(f),
-            toml::Value::Boolean(b) => Val::Bool(b),
-            toml::Value::Datetime(d) => Val::Datetime(d),
-            toml::Value::Array(a) => Val::Array(a.into_iter().map(Val::from_toml).collect()),
-            toml::Value::Table(t) => {
-                Val::Table(t.into_iter().map(|(k, v)| (k, Val::from_toml(v))).collect())
-            }
-        }
-    }
-
-    fn from_json(v: &serde_json::Value) -> Val {
-        use serde_json::Value;
-        match v {
-            Value::Null => Val::Null,
-            Value::Bool(b) => Val::Bool(*b),
-            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => Val::Int(i.into()),
-                (None, Some(u)) => Val::Int(u.into()),
-                (None, None) => Val::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Value::String(s) => Val::Str(s.clone()),
-            Value::Array(a) => Val::Array(a.iter().map(Val::from_json).collect()),
-            Value::Object(o) => Val::Table(
-                o.iter()
-                    .map(|(k, v)| (k.clone(), Val::from_json(v)))
-                    .collect(),
-            ),
-        }
-    }
-
-    fn type_name(&self) -> &'static str {
-        match self {
-            Val::Null => "null",
-            Val::Bool(_) => "a boolean",
-            Val::Int(_) => "an integer",
-            Val::Float(_) => "a float",
-            Val::Str(_) => "a string",
-            Val::Datetime(_) => "a datetime",
-            Val::Array(_) => "an array",
-            Val::Table(_) => "a table",
-        }
-    }
-}
-
 /// A field's value; `null` counts as absent.
 fn get<'t>(t: &'t Table, key: &str) -> Option<&'t Val> {
     t.get(key).filter(|v| !matches!(v, Val::Null))
@@ -1381,31 +1317,6 @@ impl Cx<'_> {
             self.report(&format!("{prefix}{key}"), message);
         }
     }
-}
-
-/// The known name nearest to `key`, when it is close enough to be a typo.
-fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
-    let limit = key.chars().count().div_ceil(3).max(1);
-    known
-        .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// `a`, `a and b`, `a, b and c`.

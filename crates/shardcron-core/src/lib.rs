@@ -11,6 +11,7 @@ pub mod hash;
 pub mod job;
 pub mod schedule;
 pub mod sharding;
+pub mod value;
 
 pub use clock::{Clock, ManualClock, MonoTime, SkewedClock, SystemClock};
 pub use execution::{ExecutionRecord, ExecutionSource, ExecutionStatus, ShardingContext};
