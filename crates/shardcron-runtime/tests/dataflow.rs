@@ -6,6 +6,7 @@
 //! `fetch` or `process` fail the run, and retries apply.
 
 mod common;
+use common::start_running;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -142,14 +143,7 @@ fn runner(rows: &Rows, h: &Arc<MemoryHistory>) -> Runner {
 }
 
 async fn start(env: &Env, name: &str, rows: &Rows, h: &Arc<MemoryHistory>) -> Instance {
-    Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config(name),
-        runner(rows, h),
-    )
-    .await
-    .expect("instance starts")
+    start_running(env, config(name), runner(rows, h)).await
 }
 
 async fn trigger(env: &Env, job: &str) {

@@ -3,6 +3,7 @@
 //! failpoint), and self-fencing before the lease can expire when keep-alives stall.
 
 mod common;
+use common::start_running;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use common::{
 };
 use shardcron_core::execution::SkipReason;
 use shardcron_core::{ExecutionSource, ExecutionStatus};
+use shardcron_runtime::MemoryHistory;
 use shardcron_runtime::failpoints::{self, Action};
-use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
 
 const T: Duration = Duration::from_secs(20);
@@ -59,14 +60,7 @@ async fn a_fire_that_finds_its_item_running_follows_the_policy(b: Backend) {
         create_job(&env, &toml).await;
         let job = Recorder::new(Duration::from_millis(2500));
         let h = Arc::new(MemoryHistory::new());
-        let a = Instance::start_with(
-            env.connect().await,
-            env.clock(),
-            config("a"),
-            runner("slow", &job, h.clone()),
-        )
-        .await
-        .expect("start");
+        let a = start_running(&env, config("a"), runner("slow", &job, h.clone())).await;
         tokio::time::sleep(Duration::from_secs(8)).await;
         drop(a);
         let runs = job.seen();
@@ -189,14 +183,7 @@ async fn a_delay_schedule_fires_after_each_completion(b: Backend) {
     .await;
     let job = Recorder::new(Duration::from_millis(200));
     let h = Arc::new(MemoryHistory::new());
-    let a = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("a"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("a");
+    let a = start_running(&env, config("a"), runner("slow", &job, h.clone())).await;
     eventually("several runs", T, || job.seen().len() >= 4).await;
     drop(a);
     let runs = job.seen();
@@ -221,14 +208,12 @@ async fn a_crash_after_the_run_and_before_the_release_re_runs_as_failover(b: Bac
     failpoints::set("before_release", &scope, Action::Hang);
     let job = Recorder::new(Duration::from_millis(50));
     let h = Arc::new(MemoryHistory::new());
-    let a = Instance::start_with(
-        env.connect().await,
-        env.clock(),
+    let a = start_running(
+        &env,
         config(&scope[..scope.len() - 1]),
         runner("slow", &job, h.clone()),
     )
-    .await
-    .expect("a");
+    .await;
     create_job(
         &env,
         "[[job]]\nname = \"rel\"\nevery = \"1h\"\nshards = 1\nkind = \"slow\"\n",
@@ -238,14 +223,7 @@ async fn a_crash_after_the_run_and_before_the_release_re_runs_as_failover(b: Bac
         job.seen().len() == 1
     })
     .await;
-    let other = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("b"),
-        runner("slow", &job, h.clone()),
-    )
-    .await
-    .expect("b");
+    let other = start_running(&env, config("b"), runner("slow", &job, h.clone())).await;
     drop(a); // crash between the end of the run and its release
     eventually("the fire is re-run by failover", T, || {
         job.seen().len() == 2

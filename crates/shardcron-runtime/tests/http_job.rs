@@ -3,6 +3,7 @@
 //! cancellation, connection errors, and a run through a real instance.
 
 mod common;
+use common::start_running;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,8 +21,8 @@ use shardcron_core::job::{HttpMethod, HttpSpec, JobKind, JobName, JobSpec, Statu
 use shardcron_core::{ExecutionSource, ExecutionStatus, Schedule, ShardingContext};
 use shardcron_runtime::http_job::DEFAULT_OUTPUT_LIMIT;
 use shardcron_runtime::{
-    Handlers, HttpJob, HttpOptions, Instance, JobContext, JobError, MemoryHistory, Runner,
-    SchedulerOptions, SimpleJob,
+    Handlers, HttpJob, HttpOptions, JobContext, JobError, MemoryHistory, Runner, SchedulerOptions,
+    SimpleJob,
 };
 use shardcron_store::HistoryEvent;
 use tokio::sync::watch;
@@ -484,9 +485,7 @@ async fn an_http_job_runs_on_an_instance_and_its_output_is_recorded() {
         history: h.clone(),
         options: SchedulerOptions::default(),
     };
-    let inst = Instance::start_with(env.connect().await, env.clock(), config("a"), runner)
-        .await
-        .expect("instance starts");
+    let inst = start_running(&env, config("a"), runner).await;
     eventually("both items ran", Duration::from_secs(20), || {
         outcomes(&h).len() == 2
     })

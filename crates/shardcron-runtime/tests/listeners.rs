@@ -6,6 +6,7 @@
 //! have the job's listeners.
 
 mod common;
+use common::start_running;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -231,9 +232,8 @@ impl Listener for Probe {
 }
 
 async fn start(env: &Env, name: &str, handlers: Handlers, h: &Arc<MemoryHistory>) -> Instance {
-    Instance::start_with(
-        env.connect().await,
-        env.clock(),
+    start_running(
+        env,
         config(name),
         Runner {
             handlers,
@@ -242,7 +242,6 @@ async fn start(env: &Env, name: &str, handlers: Handlers, h: &Arc<MemoryHistory>
         },
     )
     .await
-    .expect("instance starts")
 }
 
 /// `work` and the probe `audit`, registered on an instance named `host`.

@@ -4,6 +4,7 @@
 //! retried too), and the per-instance cap on concurrent runs of a job.
 
 mod common;
+use common::start_running;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,9 +41,8 @@ impl SimpleJob for Flaky {
 }
 
 async fn start_flaky(env: &Env, job: Flaky, h: &Arc<MemoryHistory>) -> Instance {
-    Instance::start_with(
-        env.connect().await,
-        env.clock(),
+    start_running(
+        env,
         config("a"),
         Runner {
             handlers: Handlers::new().register("flaky", job),
@@ -51,7 +51,6 @@ async fn start_flaky(env: &Env, job: Flaky, h: &Arc<MemoryHistory>) -> Instance 
         },
     )
     .await
-    .expect("instance")
 }
 
 async fn a_retry_succeeds_on_the_third_attempt(b: Backend) {
@@ -176,14 +175,7 @@ async fn max_concurrent_caps_the_runs_of_a_job_on_an_instance(b: Backend) {
         "[[job]]\nname = \"capped\"\nevery = \"1s\"\nshards = 3\nkind = \"slow\"\nmax_concurrent = 1\n",
     )
     .await;
-    let a = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("a"),
-        runner("slow", &w, h.clone()),
-    )
-    .await
-    .expect("a");
+    let a = start_running(&env, config("a"), runner("slow", &w, h.clone())).await;
     eventually("every item ran at least once", T, || {
         (0..3).all(|i| w.seen().iter().any(|s| s.item == i))
     })

@@ -11,6 +11,7 @@
 //! also hold under `cargo test`, which runs them as threads of one process.
 
 mod common;
+use common::start_running;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,8 @@ use common::{
     create_job, eventually, runner, stall_a_holder,
 };
 use shardcron_core::ExecutionSource;
+use shardcron_runtime::MemoryHistory;
 use shardcron_runtime::failpoints::{self, Mechanism};
-use shardcron_runtime::{Instance, MemoryHistory};
 use shardcron_store::HistoryEvent;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -53,14 +54,7 @@ async fn join_while_running() -> Vec<(Seen, Seen)> {
     .await;
     let w = Recorder::new(Duration::from_millis(2500));
     let h = Arc::new(MemoryHistory::new());
-    let a = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("a"),
-        runner("slow", &w, h.clone()),
-    )
-    .await
-    .expect("a");
+    let a = start_running(&env, config("a"), runner("slow", &w, h.clone())).await;
     // Both items are running on a (their run keys exist).
     let reg = env.connect().await;
     common::eventually_async("a runs both items", T, || {
@@ -71,14 +65,7 @@ async fn join_while_running() -> Vec<(Seen, Seen)> {
         }
     })
     .await;
-    let b = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config("b"),
-        runner("slow", &w, h.clone()),
-    )
-    .await
-    .expect("b");
+    let b = start_running(&env, config("b"), runner("slow", &w, h.clone())).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     drop((a, b));
     tokio::time::sleep(Duration::from_millis(100)).await;

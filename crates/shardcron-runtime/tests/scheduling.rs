@@ -5,6 +5,7 @@
 //! misfire policies after downtime and for overlap.
 
 mod common;
+use common::start_running;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -22,14 +23,7 @@ use shardcron_store::HistoryEvent;
 const T: Duration = Duration::from_secs(20);
 
 async fn start_runner(env: &Env, name: &str, w: &Recorder, h: Arc<dyn HistorySink>) -> Instance {
-    Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        config(name),
-        runner("witness", w, h),
-    )
-    .await
-    .expect("instance starts")
+    start_running(env, config(name), runner("witness", w, h)).await
 }
 
 /// I1 and I2 and I4 over a log: no two runs of an item overlap, no (item, fire) runs
@@ -542,14 +536,7 @@ async fn fires_without_an_eligible_instance_are_skipped_on_record(b: Backend) {
     assert!(w.seen().is_empty());
     let mut cfg = config("ap1");
     cfg.labels = std::collections::BTreeMap::from([("region".to_string(), "ap".to_string())]);
-    let ap = Instance::start_with(
-        env.connect().await,
-        env.clock(),
-        cfg,
-        runner("witness", &w, h.clone()),
-    )
-    .await
-    .expect("ap instance");
+    let ap = start_running(&env, cfg, runner("witness", &w, h.clone())).await;
     eventually("an eligible instance runs it", T, || w.seen().len() >= 2).await;
     // A fire recorded as skipped never runs, although the policy is catch_up. (A
     // fire that fell due in the last second before ap1 joined may not have been

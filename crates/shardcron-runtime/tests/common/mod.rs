@@ -102,6 +102,13 @@ pub async fn start(env: &Env, cfg: InstanceConfig) -> Instance {
         .expect("instance starts")
 }
 
+/// An instance of `env` that runs jobs with `runner`.
+pub async fn start_running(env: &Env, cfg: InstanceConfig, runner: Runner) -> Instance {
+    Instance::start_with(env.connect().await, env.clock(), cfg, runner)
+        .await
+        .expect("instance starts")
+}
+
 /// Poll `cond` until it holds, or panic with `what` after `timeout`.
 pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
