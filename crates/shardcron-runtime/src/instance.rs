@@ -1026,6 +1026,18 @@ async fn session_loop(shared: Arc<Shared>) {
                 match register(&shared).await {
                     Ok(s) => {
                         install_session(&shared, s);
+                        // Dropped or shut down while registering: the new identity
+                        // must not outlive the instance (its keeper would keep it
+                        // alive and the leader would give it items that nothing
+                        // runs; found by the simulation). Installing first and
+                        // checking after pairs with `Drop`, which stops first and
+                        // reads the session after: one of the two sees the other.
+                        if shared.stopped() {
+                            if let Some(s) = read(&shared.session).as_ref() {
+                                s.keeper.stop();
+                            }
+                            return;
+                        }
                         break;
                     }
                     Err(e) => {
