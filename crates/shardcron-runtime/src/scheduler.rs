@@ -210,14 +210,24 @@ async fn read_last(
 /// The outcome of a claim attempt.
 #[derive(Debug)]
 enum Claim {
-    /// Claimed: the token and the execution id.
-    Won { token: i64, execution: String },
+    /// Claimed.
+    Won(Won),
     /// The item is running (the run key exists).
     Busy,
     /// Someone decided this item in between, or our view is stale: look again.
     Retry,
     /// Our identity is gone: fence.
     Fenced,
+}
+
+/// A won claim or takeover.
+#[derive(Debug)]
+struct Won {
+    /// The run key's revision: the run's fencing token.
+    token: i64,
+    execution: String,
+    /// The identity the claim was made under (the run key's holder).
+    holder: String,
 }
 
 impl Scheduler {
@@ -695,11 +705,11 @@ impl Scheduler {
             .await?
         };
         match claim {
-            Claim::Won { token, execution } => {
+            Claim::Won(won) => {
                 if let Some(range) = decision.skipped {
                     self.record_skip(&spec, item, &range, SkipReason::MisfirePolicy);
                 }
-                self.start_run(&spec, item, fire_time, source, 1, token, execution);
+                self.start_run(&spec, item, fire_time, source, 1, won);
             }
             Claim::Busy => {
                 // Decided again when the run key that blocks it disappears.
@@ -764,16 +774,44 @@ impl Scheduler {
             return Ok(false);
         };
         let key = keys::last(job, item);
-        let resp = self
+        let value = encode(new_last);
+        let sent = self
             .shared
             .registry
             .txn(
                 when_registered(Txn::new(), &me, reg_rev)
                     .when(Compare::mod_revision_is(key.clone(), last_rev))
-                    .and_then(TxnOp::put(key, encode(new_last))),
+                    .and_then(TxnOp::put(key.clone(), value.clone())),
             )
-            .await?;
-        Ok(resp.succeeded)
+            .await;
+        match sent {
+            Ok(resp) => Ok(resp.succeeded),
+            Err(RegistryError::Unavailable(e)) => {
+                // The answer was lost; the write may have committed. If `last` now
+                // holds what we wrote, it did: say so, or the caller would not
+                // record the fires it skipped, and the next look would find them
+                // decided already (found by the ambiguous-commit fault test).
+                tracing::warn!(job, item, error = %e, "answer lost while advancing the last fire; checking whether it committed");
+                for _ in 0..50 {
+                    match self.shared.registry.get(&key).await {
+                        Ok(kv) => {
+                            return Ok(kv.is_some_and(|kv| {
+                                kv.mod_revision > last_rev && kv.value == value
+                            }));
+                        }
+                        Err(RegistryError::Unavailable(_)) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    if self.shared.current_session().is_none_or(|(id, _)| id != me) {
+                        break;
+                    }
+                }
+                Err(RegistryError::Unavailable(e).into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The lease that this hour's fire keys are bound to.
@@ -864,10 +902,11 @@ impl Scheduler {
             Err(e) => return Err(e.into()),
         };
         if resp.succeeded {
-            return Ok(Claim::Won {
+            return Ok(Claim::Won(Won {
                 token: resp.revision,
                 execution,
-            });
+                holder: me,
+            }));
         }
         if first_get(&resp.responses, 1).is_none_or(|kv| kv.create_revision != reg_rev) {
             return Ok(Claim::Fenced);
@@ -949,10 +988,11 @@ impl Scheduler {
                     let run: RunRecord = decode(&kv.key, &kv.value)?;
                     if run.holder == me && run.fire == fire {
                         tracing::info!(job, item, fire, "adopted a claim whose answer was lost");
-                        return Ok(Claim::Won {
+                        return Ok(Claim::Won(Won {
                             token: kv.mod_revision,
                             execution: run.execution,
-                        });
+                            holder: run.holder,
+                        }));
                     }
                     return Ok(Claim::Busy);
                 }
@@ -1016,12 +1056,27 @@ impl Scheduler {
         fire_time: DateTime<Utc>,
         source: ExecutionSource,
         attempt: u32,
-        token: i64,
-        execution: String,
+        won: Won,
     ) {
-        let Some((me, _)) = self.shared.current_session() else {
+        let Won {
+            token,
+            execution,
+            holder: me,
+        } = won;
+        // Only under the identity that won: an answer that arrives after that
+        // identity was fenced (a delayed or adopted one) would otherwise start the
+        // run under the new identity, while the leader fails the dead holder's run
+        // key over to the item's owner, which may be this instance again: the fire
+        // would run twice, overlapping (I1; found by the simulation). The run key
+        // is left for that failover.
+        if self
+            .shared
+            .current_session()
+            .is_none_or(|(current, _)| current != me)
+        {
+            tracing::info!(job = %spec.name, item, holder = %me, token, "won under an identity that is no longer ours; the run is left for failover");
             return;
-        };
+        }
         let Some(handler) = self.handlers.for_kind(&spec.kind) else {
             return;
         };
@@ -1174,8 +1229,11 @@ impl Scheduler {
                 run.fire_time,
                 ExecutionSource::Failover,
                 run.attempt,
-                resp.revision,
-                execution,
+                Won {
+                    token: resp.revision,
+                    execution,
+                    holder: me,
+                },
             );
         }
         if !resp.succeeded {
@@ -1272,14 +1330,13 @@ impl Scheduler {
                 )
                 .await
             {
-                Ok(Claim::Won { token, execution }) => self.start_run(
+                Ok(Claim::Won(won)) => self.start_run(
                     &spec,
                     item,
                     req.requested_at,
                     ExecutionSource::Manual,
                     1,
-                    token,
-                    execution,
+                    won,
                 ),
                 Ok(Claim::Busy) => {
                     let range = SkippedRange {
