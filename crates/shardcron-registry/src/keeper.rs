@@ -8,6 +8,13 @@
 //! margin for clock drift between machines) never acts after another instance may
 //! have taken over. That is the basis of self-fencing.
 //!
+//! Renewals are scheduled from the same instant: TTL/3 after the send time of the
+//! last acknowledged request (the grant's, for the first renewal), not after its
+//! answer came or the keeper started. A grant answered late, or a slow step
+//! between the grant and the keeper's start (the instance key's transaction),
+//! would otherwise push the first renewal past the fence point (deadline minus
+//! margin), and the new session would fence itself before renewing at all.
+//!
 //! Losing the lease is always reported as a [`LeaseEvent::Lost`], never silently:
 //! when the registry says the lease is gone, or when the deadline passes without an
 //! acknowledged keep-alive (e.g. the registry is unreachable).
@@ -73,6 +80,7 @@ impl LeaseKeeper {
         tokio::spawn(keep_alive_loop(
             registry,
             lease,
+            granted_at,
             clock.clone(),
             state.clone(),
             events_tx,
@@ -133,6 +141,7 @@ impl Drop for LeaseKeeper {
 async fn keep_alive_loop(
     registry: Arc<dyn Registry>,
     lease: Lease,
+    granted_at: MonoTime,
     clock: SharedClock,
     state: Arc<Mutex<State>>,
     events: mpsc::UnboundedSender<LeaseEvent>,
@@ -140,7 +149,9 @@ async fn keep_alive_loop(
 ) {
     let period = (lease.ttl / 3).max(Duration::from_millis(50));
     let retry = (lease.ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
-    let mut wait = period;
+    // Renew TTL/3 after the send time of the last acknowledged request (at once
+    // if that is already past).
+    let mut wait = (granted_at + period).duration_since(clock.mono());
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -164,7 +175,7 @@ async fn keep_alive_loop(
         match tokio::time::timeout(budget, registry.lease_keep_alive(lease.id)).await {
             Ok(Ok(ttl)) => {
                 lock(&state).deadline = sent + ttl;
-                wait = period;
+                wait = (sent + period).duration_since(clock.mono());
             }
             Ok(Err(RegistryError::LeaseNotFound(_))) => {
                 lose(

@@ -102,3 +102,34 @@ async fn an_unreachable_etcd_makes_the_lease_lost_at_its_local_deadline() {
     );
     assert!(!keeper.is_valid(Duration::ZERO));
 }
+
+/// A lease whose grant was sent a while before the keeper started (a slow grant,
+/// or a slow registration transaction after it: e.g. right after a partition
+/// heals) is renewed at once, not a whole period after the start: the first
+/// deadline counts from the grant's send time, so waiting a period could pass the
+/// fence point (deadline minus margin) before the first keep-alive is even sent.
+/// Found by `faults_netns`: an agent registered 0.95 s after its grant was sent
+/// (TTL 2 s, margin 0.4 s) and fenced itself before its first keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_started_keeper_renews_before_the_fence_point() {
+    let reg: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let clock = SystemClock::shared();
+    let ttl = Duration::from_secs(2);
+    let margin = Duration::from_millis(400);
+    // The grant was sent 1.2 s ago: the first deadline is 0.8 s away, its fence
+    // point 0.4 s.
+    let sent = clock.mono();
+    let lease = reg.lease_grant(ttl).await.expect("grant");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (keeper, _events) = LeaseKeeper::start(reg.clone(), lease, sent, clock.clone());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert!(
+            keeper.is_valid(margin),
+            "the lease passed its fence point {:?} after the keeper started (deadline in {:?})",
+            start.elapsed(),
+            keeper.remaining(Duration::ZERO)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
