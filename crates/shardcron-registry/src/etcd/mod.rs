@@ -16,7 +16,9 @@
 //!   compacted revision fails (etcd itself accepts a start equal to the compacted
 //!   revision and can then miss a delete at that revision).
 //! - **Keep-alive streams are reused** per lease, and a keep-alive answered with
-//!   TTL 0 is reported as [`RegistryError::LeaseNotFound`].
+//!   TTL 0 is reported as [`RegistryError::LeaseNotFound`]. A call abandoned
+//!   before its answer came discards the stream, so that no call ever takes the
+//!   answer to an earlier request for its own.
 //! - **Transaction limits** are checked before sending ([`Txn::validate`]).
 
 mod options;
@@ -284,6 +286,25 @@ impl EtcdRegistry {
             Err(p) => p.into_inner(),
         };
         map.remove(&id);
+    }
+}
+
+/// One keep-alive call holding its lease's stream. A call dropped before it read
+/// the answer to its request (the lease keeper times calls out) leaves that
+/// answer in flight on the stream, where the next call would read it as its own
+/// and report a keep-alive that etcd may never have received, stretching the
+/// keeper's deadline past etcd's real expiry (found with the testkit's gRPC
+/// proxy). Such a stream is discarded: the next call opens a new one.
+struct KeepAliveCall<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<KeepAlive>>,
+    finished: bool,
+}
+
+impl Drop for KeepAliveCall<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            *self.slot = None;
+        }
     }
 }
 
@@ -585,11 +606,15 @@ impl Registry for EtcdRegistry {
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration> {
         let slot = self.keep_alive_slot(id).await;
-        let mut guard = slot.lock().await;
+        let mut call = KeepAliveCall {
+            slot: slot.lock().await,
+            finished: false,
+        };
         let result = async {
+            let guard = &mut call.slot;
             if guard.is_none() {
                 let mut lc = self.client.lease_client();
-                *guard = Some(self.timed(Ctx::Lease(id), lc.keep_alive(id)).await?);
+                **guard = Some(self.timed(Ctx::Lease(id), lc.keep_alive(id)).await?);
             }
             let Some((keeper, stream)) = guard.as_mut() else {
                 return Err(RegistryError::Unavailable(
@@ -609,10 +634,11 @@ impl Registry for EtcdRegistry {
             }
         }
         .await;
+        call.finished = true;
         if result.is_err() {
             // A broken or finished stream is not reused; the next call opens a new one.
-            *guard = None;
-            drop(guard);
+            *call.slot = None;
+            drop(call);
             self.forget_keeper(id);
         }
         result
