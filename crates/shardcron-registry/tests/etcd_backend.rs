@@ -269,6 +269,7 @@ async fn tls_with_client_certificates_works_and_a_client_without_one_is_refused(
     let etcd = EtcdServer::start_with(EtcdConfig {
         members: 1,
         tls: Some(certs.clone()),
+        ..EtcdConfig::default()
     });
     let read = |p: &std::path::Path| std::fs::read(p).expect("read certificate");
     let mut opts = EtcdOptions::from_url(&etcd.url(), "/tls").expect("etcds url");

@@ -2,6 +2,7 @@
 //! plain or TLS, killed on drop, restartable on the same data dir and ports.
 
 use std::fs::OpenOptions;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,6 +21,13 @@ pub struct EtcdConfig {
     /// Serve clients over TLS with these certificates (and require client
     /// certificates signed by the same CA).
     pub tls: Option<TestCerts>,
+    /// Addresses, besides 127.0.0.1, on which every member also serves clients
+    /// (on the same port), e.g. the host end of a [`crate::Netns`] so that
+    /// processes in the namespace reach etcd. Each must be configured before etcd
+    /// starts. Clients there need explicit endpoints ([`EtcdServer::url_on`]):
+    /// the advertised client URLs stay on 127.0.0.1. With TLS, the server
+    /// certificate must name the address.
+    pub client_ips: Vec<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -37,6 +45,7 @@ struct Member {
 pub struct EtcdServer {
     members: Vec<Member>,
     tls: Option<TestCerts>,
+    client_ips: Vec<IpAddr>,
     token: String,
     // Kept last so the directories outlive the processes while dropping.
     dir: tempfile::TempDir,
@@ -72,7 +81,7 @@ impl EtcdServer {
     pub fn cluster(n: usize) -> EtcdServer {
         Self::start_with(EtcdConfig {
             members: n,
-            tls: None,
+            ..EtcdConfig::default()
         })
     }
 
@@ -109,6 +118,7 @@ impl EtcdServer {
         let mut server = EtcdServer {
             members,
             tls: config.tls.clone(),
+            client_ips: config.client_ips.clone(),
             token,
             dir,
         };
@@ -141,6 +151,15 @@ impl EtcdServer {
             .map_err(|e| format!("open {}: {e}", m.log.display()))?;
         let log2 = log.try_clone().map_err(|e| format!("clone log: {e}"))?;
         let client_url = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let listen_urls = std::iter::once(client_url.clone())
+            .chain(self.client_ips.iter().map(|ip| {
+                format!(
+                    "{scheme}://{}",
+                    std::net::SocketAddr::new(*ip, m.client_port)
+                )
+            }))
+            .collect::<Vec<_>>()
+            .join(",");
         let peer_url = format!("http://127.0.0.1:{}", m.peer_port);
         let mut cmd = Command::new(etcd_binary());
         cmd.arg("--name")
@@ -148,7 +167,7 @@ impl EtcdServer {
             .arg("--data-dir")
             .arg(&m.data_dir)
             .arg("--listen-client-urls")
-            .arg(&client_url)
+            .arg(&listen_urls)
             .arg("--advertise-client-urls")
             .arg(&client_url)
             .arg("--listen-peer-urls")
@@ -228,6 +247,23 @@ impl EtcdServer {
             .members
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{hosts}")
+    }
+
+    /// The registry URL for clients that reach etcd at `ip` (one of
+    /// [`EtcdConfig::client_ips`]): `etcd://IP:P1,IP:P2` (`etcds://` with TLS).
+    pub fn url_on(&self, ip: IpAddr) -> String {
+        assert!(
+            self.client_ips.contains(&ip),
+            "etcd does not listen on {ip}: add it to EtcdConfig::client_ips"
+        );
+        let hosts = self
+            .members
+            .iter()
+            .map(|m| std::net::SocketAddr::new(ip, m.client_port).to_string())
             .collect::<Vec<_>>()
             .join(",");
         let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };

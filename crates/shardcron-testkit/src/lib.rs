@@ -10,7 +10,9 @@
 pub mod browser;
 pub mod capture;
 pub mod etcd;
+pub mod grpc_proxy;
 pub mod mariadb;
+pub mod netns;
 pub mod postgres;
 pub mod proxy;
 pub mod tls;
@@ -20,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use etcd::{EtcdConfig, EtcdServer};
+pub use grpc_proxy::{GrpcProxy, GrpcProxyStats};
 pub use mariadb::MariaDbServer;
+pub use netns::Netns;
 pub use postgres::PostgresServer;
 pub use proxy::TcpProxy;
 pub use tls::TestCerts;
