@@ -23,11 +23,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shardcron_testkit::{EtcdServer, free_port, reap_with_this_process, tail};
+use shardcron_testkit::{EtcdConfig, EtcdServer, Netns, free_port, reap_with_this_process, tail};
 
 pub(crate) mod chaos;
 
@@ -861,10 +862,15 @@ pub(crate) struct Health {
     pub(crate) leader: bool,
 }
 
-/// `GET path` on 127.0.0.1:`port` over a plain TcpStream: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+/// `GET path` on 127.0.0.1:`port` over a plain TcpStream: (status, body). With
+/// `netns`, that is the namespace's loopback (the connection is opened inside it).
+fn http_get(netns: Option<&Netns>, port: u16, path: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    let timeout = Duration::from_millis(500);
+    let mut s = match netns {
+        None => TcpStream::connect_timeout(&addr, timeout).ok()?,
+        Some(ns) => ns.connect(addr, timeout).ok()?,
+    };
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(
@@ -889,6 +895,9 @@ pub(crate) struct Agent {
     pub(crate) log: PathBuf,
     /// Its instance id, once `/health` reported it.
     pub(crate) instance: Option<String>,
+    /// The network namespace it runs in, if any (its port is on that
+    /// namespace's loopback).
+    pub(crate) netns: Option<Arc<Netns>>,
     child: Child,
     exited: Option<ExitStatus>,
 }
@@ -904,7 +913,7 @@ impl Agent {
     }
 
     pub(crate) fn health(&self) -> Option<Health> {
-        let (status, body) = http_get(self.port, "/health")?;
+        let (status, body) = http_get(self.netns.as_deref(), self.port, "/health")?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         Some(Health {
             status,
@@ -950,6 +959,11 @@ pub(crate) struct Cluster {
     pub(crate) killed: BTreeSet<String>,
     /// Registry URL per agent name, instead of etcd's own (e.g. through a proxy).
     pub(crate) registry_for: BTreeMap<String, String>,
+    /// Network namespace per agent name: the agent runs inside it (`ip netns
+    /// exec`), reaches etcd at the namespace's host end (etcd must listen there:
+    /// [`Cluster::with_netns`]) unless `registry_for` says otherwise, and its
+    /// /health is asked from inside.
+    pub(crate) netns_for: BTreeMap<String, Arc<Netns>>,
     lease_ttl: String,
     dir: Option<tempfile::TempDir>,
 }
@@ -964,6 +978,31 @@ impl Cluster {
     /// `["./witness.sh"]`) and the witness into a fresh directory. Agents are
     /// started separately.
     pub(crate) fn new(test: &str, jobs: &str) -> Cluster {
+        Self::new_with_etcd(test, jobs, EtcdConfig::default())
+    }
+
+    /// [`Cluster::new`], but each agent of `names` runs in a network namespace of
+    /// its own ([`Cluster::netns_for`]), and etcd also serves clients on the
+    /// namespaces' host ends.
+    pub(crate) fn with_netns(test: &str, jobs: &str, names: &[&str]) -> Cluster {
+        let netns: BTreeMap<String, Arc<Netns>> = names
+            .iter()
+            .map(|n| (n.to_string(), Arc::new(Netns::create())))
+            .collect();
+        let mut c = Self::new_with_etcd(
+            test,
+            jobs,
+            EtcdConfig {
+                client_ips: netns.values().map(|ns| ns.host_ip().into()).collect(),
+                ..EtcdConfig::default()
+            },
+        );
+        c.netns_for = netns;
+        c
+    }
+
+    /// [`Cluster::new`] with etcd started as `etcd` says.
+    pub(crate) fn new_with_etcd(test: &str, jobs: &str, etcd: EtcdConfig) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("shardcron-{test}-"))
             .tempdir()
@@ -977,7 +1016,7 @@ impl Cluster {
         let config = root.join("shardcron.toml");
         fs::write(&config, jobs).expect("write config");
         fs::create_dir_all(root.join("agents")).expect("agents dir");
-        let etcd = EtcdServer::start();
+        let etcd = EtcdServer::start_with(etcd);
         Cluster {
             etcd,
             config,
@@ -987,6 +1026,7 @@ impl Cluster {
             agents: Vec::new(),
             killed: BTreeSet::new(),
             registry_for: BTreeMap::new(),
+            netns_for: BTreeMap::new(),
             lease_ttl: "2s".into(),
             root,
             dir: Some(dir),
@@ -996,11 +1036,11 @@ impl Cluster {
     /// Spawn an agent named `name` (not waiting for it); a restarted name reuses its
     /// data dir. Returns its index in `agents`.
     pub(crate) fn spawn(&mut self, name: &str) -> usize {
-        let registry = self
-            .registry_for
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| self.etcd.url());
+        let registry = match (self.registry_for.get(name), self.netns_for.get(name)) {
+            (Some(r), _) => r.clone(),
+            (None, Some(ns)) => self.etcd.url_on(ns.host_ip().into()),
+            (None, None) => self.etcd.url(),
+        };
         self.spawn_agent(name, &registry, "info", &[])
     }
 
@@ -1021,7 +1061,11 @@ impl Cluster {
         let port = free_port();
         let out = fs::File::create(&log).expect("agent log");
         let err = out.try_clone().expect("agent log");
-        let mut cmd = Command::new(shardcron_bin());
+        let netns = self.netns_for.get(name).cloned();
+        let mut cmd = match &netns {
+            Some(ns) => ns.command(shardcron_bin()),
+            None => Command::new(shardcron_bin()),
+        };
         cmd.arg("agent")
             .arg("--registry")
             .arg(registry)
@@ -1058,6 +1102,7 @@ impl Cluster {
             pid,
             log,
             instance: None,
+            netns,
             child,
             exited: None,
         });
