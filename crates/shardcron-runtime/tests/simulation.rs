@@ -1,18 +1,24 @@
 //! Deterministic simulation (issue 10): the real runtime on the embedded registry,
 //! on tokio's paused time, with faults drawn from a seed (see `sim/mod.rs`): lost
 //! answers, failed and delayed calls, early lease expiry, keep-alive stalls,
-//! isolation, crashes and restarts. Every seed is checked for I1 (no overlap), I2
-//! (one claim per fire), I4 (tokens increase per item) and convergence (I5).
+//! isolation, lagging watches, crashes and restarts. Every seed is checked for I1
+//! (no overlap), I2 (one claim per fire), I4 (tokens increase per item),
+//! convergence (I5) and `REG` (no claim or takeover commits after its identity's
+//! instance key was deleted, checked on the registry's history).
 //!
 //! - `seeds` runs `SHARDCRON_SIM_SEEDS` seeds (default [`DEFAULT_SEEDS`]) from
 //!   `SHARDCRON_SIM_SEED_BASE` (default 0) and prints every failing seed with its
 //!   evidence and the command that replays it:
 //!   `SHARDCRON_SIM_SEED=1234 cargo nextest run -p shardcron-runtime --test simulation replay`.
-//! - `replay` runs `SHARDCRON_SIM_SEED` and prints its whole trace.
+//! - `replay` runs `SHARDCRON_SIM_SEED` and prints its whole trace
+//!   (`SHARDCRON_SIM_SCENARIO=unregistered-claimant` for a targeted plan,
+//!   `SHARDCRON_SIM_REMOVE=<mechanism>` to replay it without a mechanism).
 //! - `same_seed_same_trace` runs seeds twice and compares their traces.
 //! - The `without_*` tests remove one mechanism (test switch, failpoints feature)
-//!   and expect the checker to report a violation for some seed: the suite can
-//!   fail.
+//!   and expect the checker to report a violation that the same plan does not
+//!   report with it: the suite can fail. The run-key check and self-fencing are
+//!   caught by random plans; the registration compare by the targeted plans
+//!   `Plan::unregistered_claimant` (`SHARDCRON_SIM_TARGETED_SEEDS`, default 6).
 //!
 //! The switches are process-wide: every test here takes one lock, so that they
 //! also hold under `cargo test` (threads of one process); nextest runs each test
@@ -24,7 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use shardcron_runtime::failpoints::{self, Mechanism};
-use sim::{Outcome, run_seed};
+use sim::{Outcome, Plan, Scenario, run_plan, run_seed};
 
 /// Seeds per CI run: about 4 minutes on two threads of a debug build (measured
 /// 6-10 seeds/s on a 2-core machine).
@@ -131,10 +137,15 @@ fn replay() {
             "RegistrationCompare" => Mechanism::RegistrationCompare,
             other => panic!("SHARDCRON_SIM_REMOVE: unknown mechanism {other:?}"),
         });
+    // SHARDCRON_SIM_SCENARIO=unregistered-claimant replays a targeted plan.
+    let scenario = std::env::var("SHARDCRON_SIM_SCENARIO").map_or(Scenario::Random, |s| {
+        Scenario::from_name(&s)
+            .unwrap_or_else(|| panic!("SHARDCRON_SIM_SCENARIO: unknown scenario {s:?}"))
+    });
     if let Some(m) = removed {
         failpoints::remove(m);
     }
-    let o = run_seed(seed);
+    let o = run_plan(Plan::of(scenario, seed));
     if let Some(m) = removed {
         failpoints::restore(m);
     }
@@ -251,29 +262,50 @@ fn without_self_fencing_the_simulation_reports_an_overlap() {
     );
 }
 
-/// Not caught in-process yet, hence ignored. Without the registration compare,
-/// the seeds that report a violation (first: seed 207 of 0..300) report the I1
-/// overlap that a trigger loop stuck in a hung registry call also causes with the
-/// compare in place (its self-fence of running executions waits for the loop); the
-/// same seed run again with the compare merely did not hit it (runs are not fully
-/// deterministic). An unregistered claimant is otherwise stopped by the generation
-/// compare (a dead identity's items move only with a new generation) and by its
-/// own fencing. What it would take: a claim transaction sent under identity X,
-/// delivered (the `Isolate` fault delays delivery) after X's key is gone but
-/// before any generation without X is published, i.e. X is the leader itself (or
-/// the leader is isolated too), with the run key and `last` unchanged; and then
-/// the claimant must start the run, which it does under its *new* identity (the
-/// scheduler starts a won claim under the current session, not the one the claim
-/// was made under). A targeted plan (isolate the leader just as it claims, revoke
-/// its lease, release the isolation after TTL + lock delay) would be needed; the
-/// random plans rarely produce it. Run it with `--ignored` to see.
+/// Removing the registration compare is caught by the targeted plans
+/// [`Plan::unregistered_claimant`] (random plans essentially never produce the
+/// scenario: a claim by an identity whose instance key is gone is otherwise
+/// stopped by the generation compare, since the leader publishes a generation
+/// without the dead identity within milliseconds, and by the claimant's own
+/// fencing, since its watch, keep-alives and heartbeat all notice the loss; and
+/// instances that start at 0 heartbeat at the very instants of the fires). In
+/// each plan, the leader is isolated (no new generation), and just before a fire
+/// and after the victim's last heartbeat, the registry revokes the victim's lease
+/// while its watches lag and its keep-alives stall. With the compare, the
+/// victim's claim fails ("a claim found the instance key gone"), it fences, and
+/// the seed is clean; without it, the claim commits after the victim's instance
+/// key was deleted, and the `REG` check reports it. Every seed must show both.
 #[test]
-#[ignore = "not distinguishable from the trigger-loop self-fence bug in-process; see the comment"]
 fn without_the_registration_compare_the_simulation_reports_a_violation() {
     let _g = serial();
-    let found = caught_without(Mechanism::RegistrationCompare, &["I1", "I2", "I4"], 300);
+    let n = env_u64("SHARDCRON_SIM_TARGETED_SEEDS").unwrap_or(6);
+    let mut failures = Vec::new();
+    for seed in 0..n {
+        let plan = Plan::unregistered_claimant(seed);
+        failpoints::remove(Mechanism::RegistrationCompare);
+        let without = run_plan(plan.clone());
+        failpoints::restore(Mechanism::RegistrationCompare);
+        let with = run_plan(plan);
+        let caught = without.violations.iter().find(|v| v.starts_with("REG"));
+        match caught {
+            Some(v) if with.violations.is_empty() => {
+                eprintln!("seed {seed}: without the registration compare: {v}");
+                if seed == 0 {
+                    eprintln!("{}", without.report(false));
+                }
+            }
+            _ => {
+                eprintln!(
+                    "seed {seed} without the registration compare:\n{}\nwith it:\n{}",
+                    without.report(true),
+                    with.report(true)
+                );
+                failures.push(seed);
+            }
+        }
+    }
     assert!(
-        found.is_some(),
-        "removing the registration compare must make some seed report a violation"
+        failures.is_empty(),
+        "targeted seeds {failures:?}: removing the registration compare must make each report a REG violation that it does not report with the compare in place"
     );
 }

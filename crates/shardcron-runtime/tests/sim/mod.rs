@@ -11,13 +11,23 @@
 //!   without shutdown) and restarts, early lease expiry (the registry revokes an
 //!   instance's lease), keep-alive stalls (pauses: the keep-alives of one instance
 //!   hang while its other calls work), isolation (every call of one instance hangs
-//!   and is delivered late, as a partitioned client's requests would be), and flaky
-//!   windows in which calls fail before applying, lose their answer after applying
-//!   (the ambiguous commit) or are delayed. Faults go through [`SimRegistry`], one
-//!   per instance start, in front of one shared [`MemoryRegistry`].
+//!   and is delivered late, as a partitioned client's requests would be), watch
+//!   lag (the instance's watch streams hold their events, in order, and deliver
+//!   them late; its calls work), and flaky windows in which calls fail before
+//!   applying, lose their answer after applying (the ambiguous commit) or are
+//!   delayed. Faults go through [`SimRegistry`], one per instance start, in front
+//!   of one shared [`MemoryRegistry`].
+//! - Plans ([`Scenario`]): random plans ([`Plan::from_seed`]) and targeted ones
+//!   ([`Plan::unregistered_claimant`]: the leader isolated while another
+//!   instance's lease is revoked under a lagging watch and stalled keep-alives,
+//!   just before a fire: the scenario that only the registration compare stops),
+//!   with timings drawn from the seed.
 //! - Checks ([`check`]): I1 (runs of an item never overlap), I2 (one claim per
-//!   fire), I4 (tokens increase per item), and convergence (I5/I3: once faults
-//!   stop, every item runs again).
+//!   fire), I4 (tokens increase per item), convergence (I5/I3: once faults
+//!   stop, every item runs again), and `REG` on the registry's history (no claim
+//!   or takeover commits after its identity's instance key was deleted: DESIGN
+//!   section 5's "a claim must prove that its claimant is still registered";
+//!   the deletions are recorded by a watch on the embedded registry itself).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -31,10 +41,12 @@ use shardcron_core::ExecutionSource;
 use shardcron_core::clock::{Clock, MonoTime, SharedClock};
 use shardcron_core::job::JobFile;
 use shardcron_registry::{
-    DeleteResponse, KeyValue, Lease, LeaseId, MemoryRegistry, MemoryRegistryOptions, RangeRequest,
-    RangeResponse, Registry, RegistryError, Result as RegResult, Revision, Txn, TxnResponse,
-    WatchStream,
+    DeleteResponse, EventKind, KeyValue, Lease, LeaseId, MemoryRegistry, MemoryRegistryOptions,
+    RangeRequest, RangeResponse, Registry, RegistryError, Result as RegResult, Revision, Txn,
+    TxnResponse, WatchStream,
 };
+use shardcron_runtime::keys;
+use shardcron_runtime::model::{LeaderInfo, decode};
 use shardcron_runtime::{
     Cluster, Handlers, Instance, InstanceConfig, InstanceEvent, JobContext, JobError,
     MemoryHistory, Runner, SchedulerOptions, SimpleJob,
@@ -145,6 +157,10 @@ impl Clock for SimClock {
 #[derive(Debug)]
 pub struct SlotFaults {
     pub slot: usize,
+    /// Whether the plan may lag this slot's watches: only then do its watch
+    /// streams go through a forwarding task (so that plans without the fault
+    /// run exactly as before it existed).
+    may_lag: bool,
     state: Mutex<FaultState>,
 }
 
@@ -157,6 +173,9 @@ struct FaultState {
     isolated_until: Option<Instant>,
     /// A flaky window: until, fail-before-apply, lose-answer, max delay.
     flaky: Option<(Instant, f64, f64, u64)>,
+    /// Watch streams deliver nothing until then (a lagging watch): their
+    /// batches are held, in order, and delivered after.
+    watch_lag_until: Option<Instant>,
     stats: Stats,
 }
 
@@ -168,17 +187,21 @@ pub struct Stats {
     pub delayed: u64,
     pub held: u64,
     pub stalled_keep_alives: u64,
+    /// Watch batches held back by a [`Fault::WatchLag`].
+    pub lagged_batches: u64,
 }
 
 impl SlotFaults {
-    pub fn new(seed: u64, slot: usize) -> Arc<SlotFaults> {
+    pub fn new(seed: u64, slot: usize, may_lag: bool) -> Arc<SlotFaults> {
         Arc::new(SlotFaults {
             slot,
+            may_lag,
             state: Mutex::new(FaultState {
                 rng: Rng::new(mix(&[seed, slot as u64, 0xFA])),
                 stall_until: None,
                 isolated_until: None,
                 flaky: None,
+                watch_lag_until: None,
                 stats: Stats::default(),
             }),
         })
@@ -204,11 +227,21 @@ impl SlotFaults {
         self.with(|s| s.flaky = Some((until, fail, lose, max_delay_ms)));
     }
 
+    pub fn lag_watches(&self, until: Instant) {
+        self.with(|s| s.watch_lag_until = Some(until));
+    }
+
+    /// The end of the open watch-lag window, if one is open.
+    fn watch_lag(&self) -> Option<Instant> {
+        self.with(|s| s.watch_lag_until.filter(|u| *u > Instant::now()))
+    }
+
     pub fn clear(&self) {
         self.with(|s| {
             s.stall_until = None;
             s.isolated_until = None;
             s.flaky = None;
+            s.watch_lag_until = None;
         });
     }
 
@@ -331,9 +364,40 @@ impl Registry for SimRegistry {
             .await
     }
     async fn watch(&self, prefix: &[u8], from_revision: Revision) -> RegResult<WatchStream> {
-        self.faults
+        let mut inner = self
+            .faults
             .call(false, self.inner.watch(prefix, from_revision))
-            .await
+            .await?;
+        if !self.faults.may_lag {
+            return Ok(inner);
+        }
+        // Forward batch by batch; while the slot's lag window is open, hold them
+        // (in order: the ones behind wait in `inner`) and deliver after, as a
+        // lagging etcd watch would. Nothing is dropped.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let faults = self.faults.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    b = inner.next() => b,
+                    () = tx.closed() => return,
+                };
+                let Some(batch) = batch else { return };
+                let mut counted = false;
+                // The window may be extended while a batch waits.
+                while let Some(until) = faults.watch_lag() {
+                    if !counted {
+                        faults.with(|s| s.stats.lagged_batches += 1);
+                        counted = true;
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+                if tx.send(batch).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(WatchStream::from_receiver(rx))
     }
     async fn compact(&self, revision: Revision) -> RegResult<()> {
         self.inner.compact(revision).await
@@ -357,6 +421,23 @@ pub enum Fault {
     StallKeepAlive { slot: usize, ms: u64 },
     /// Every call of the instance hangs for `ms` and is then applied.
     Isolate { slot: usize, ms: u64 },
+    /// For `ms`, the instance's watch streams deliver nothing; their events are
+    /// held, in order, and delivered after (a lagging watch; calls still work).
+    WatchLag { slot: usize, ms: u64 },
+    /// The scenario that only the registration compare stops (DESIGN section 5:
+    /// a claim must prove that its claimant is still registered), with its slots
+    /// chosen when it applies: the current leader is isolated for `isolate_ms`
+    /// (so no generation without the victim is published meanwhile), and another
+    /// live instance, the victim, has its lease revoked by the registry while
+    /// its watches lag for `lag_ms` and its keep-alives stall for `stall_ms`
+    /// (so it learns of the loss neither from its mirror nor from a keep-alive).
+    /// Its next claims, until its next heartbeat or its lease's local deadline,
+    /// are sent by an identity whose instance key is gone.
+    UnregisteredClaimant {
+        isolate_ms: u64,
+        lag_ms: u64,
+        stall_ms: u64,
+    },
     /// For `ms`, calls fail with probability `fail`, lose their answer with
     /// probability `lose`, and some are delayed up to `delay` ms.
     Flaky {
@@ -379,14 +460,44 @@ pub struct SimJobSpec {
     pub misfire: &'static str,
 }
 
+/// Which kind of plan a seed is drawn for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// [`Plan::from_seed`]: random faults of every kind.
+    Random,
+    /// [`Plan::unregistered_claimant`]: the scenario of the registration compare.
+    UnregisteredClaimant,
+}
+
+impl Scenario {
+    /// The name that `SHARDCRON_SIM_SCENARIO` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Random => "random",
+            Scenario::UnregisteredClaimant => "unregistered-claimant",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        [Scenario::Random, Scenario::UnregisteredClaimant]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
 /// Everything a seed decides.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    pub scenario: Scenario,
     pub seed: u64,
     pub instances: usize,
     /// Trigger loops per instance.
     pub partitions: usize,
     pub jobs: Vec<SimJobSpec>,
+    /// The instances start then (ms; the jobs are created at 0, so that their
+    /// fires are on whole seconds). It sets the phase of their heartbeats
+    /// (every 500 ms from the start) against the fires.
+    pub start_at: u64,
     /// Faults, by time (ms).
     pub faults: Vec<(u64, Fault)>,
     /// Faults happen before this (ms); then every slot is up and fault-free.
@@ -398,6 +509,67 @@ pub struct Plan {
 }
 
 impl Plan {
+    pub fn of(scenario: Scenario, seed: u64) -> Plan {
+        match scenario {
+            Scenario::Random => Plan::from_seed(seed),
+            Scenario::UnregisteredClaimant => Plan::unregistered_claimant(seed),
+        }
+    }
+
+    /// A targeted plan for the registration compare: two instances, one fast job
+    /// of several items, and one [`Fault::UnregisteredClaimant`] shortly before a
+    /// fire, with timings drawn from the seed. With the compare, the victim's
+    /// next claim fails and it fences; without it, the claim commits under an
+    /// identity whose instance key is gone (reported by the `REG` check of
+    /// [`check`]).
+    ///
+    /// The victim's heartbeat (every 500 ms, a compare on its instance key)
+    /// also notices the loss: the claim must come before it. Fires are on whole
+    /// seconds; the instances start at `start_at` (100..400 ms), so their
+    /// heartbeats fall at `start_at` + k * 500 ms, and the fault comes after the
+    /// last heartbeat before a fire (at the fire minus 1..`500 - start_at` ms).
+    /// Instances that start at 0, as in the random plans, heartbeat at the very
+    /// instants of the fires, which is one reason why random plans do not
+    /// produce this scenario.
+    pub fn unregistered_claimant(seed: u64) -> Plan {
+        let mut r = Rng::new(mix(&[seed, 0x0052_4547]));
+        let start_at = r.range(100, 400);
+        let at = r.range(6, 10) * 1_000 - r.range(1, 500 - start_at - 20);
+        let fault = Fault::UnregisteredClaimant {
+            isolate_ms: r.range(1_000, 3_000),
+            lag_ms: r.range(3_000, 5_000),
+            stall_ms: r.range(3_000, 5_000),
+        };
+        let fault_end = 20_000;
+        Plan {
+            scenario: Scenario::UnregisteredClaimant,
+            seed,
+            instances: 2,
+            partitions: 1,
+            jobs: vec![SimJobSpec {
+                name: "fast",
+                every_ms: 1000,
+                shards: r.range(3, 7) as u32,
+                work: (50, 400),
+                misfire: "fire_once",
+            }],
+            start_at,
+            faults: vec![(at, fault)],
+            fault_end,
+            end: fault_end + 25_000,
+            settle: fault_end + 12_000,
+        }
+    }
+
+    /// Whether some fault may lag the watches of `slot`.
+    fn may_lag(&self, slot: usize) -> bool {
+        self.faults.iter().any(|(_, f)| match f {
+            Fault::WatchLag { slot: s, .. } => *s == slot,
+            Fault::UnregisteredClaimant { .. } => true,
+            _ => false,
+        })
+    }
+
     pub fn from_seed(seed: u64) -> Plan {
         let mut r = Rng::new(seed);
         let instances = r.range(2, 5) as usize;
@@ -448,12 +620,26 @@ impl Plan {
             };
             faults.push((at, f));
         }
+        // Lagging watches, from a stream of their own (so that the faults above
+        // are what they were before this kind existed): half the seeds get one
+        // or two.
+        let mut lag = Rng::new(mix(&[seed, 0x1A6]));
+        if lag.chance(0.5) {
+            for _ in 0..lag.range(1, 3) {
+                let at = lag.range(3_000, fault_end - 2_000);
+                let slot = lag.range(0, instances as u64) as usize;
+                let ms = lag.range(200, 6_000);
+                faults.push((at, Fault::WatchLag { slot, ms }));
+            }
+        }
         faults.sort_by_key(|(at, _)| *at);
         Plan {
+            scenario: Scenario::Random,
             seed,
             instances,
             partitions,
             jobs,
+            start_at: 0,
             faults,
             fault_end,
             end: fault_end + 25_000,
@@ -607,8 +793,23 @@ struct World {
     job: SimJob,
     history: Arc<MemoryHistory>,
     driver_log: Mutex<Vec<String>>,
-    /// Identities whose lease the `Revoke` fault revoked, with when (ms).
-    revoked: Mutex<BTreeMap<String, u64>>,
+    /// Identities whose lease the registry revoked (the `Revoke` fault).
+    revoked: Mutex<BTreeMap<String, Revocation>>,
+    /// The registry's history of registrations: the revision at which each
+    /// identity's instance key was deleted (by expiry, revocation or shutdown),
+    /// as a watch on the embedded registry itself (not through a fault layer)
+    /// saw it.
+    deleted: Mutex<BTreeMap<String, Revision>>,
+}
+
+/// An early revocation by the registry (the `Revoke` fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revocation {
+    /// When, in simulated ms.
+    pub at: u64,
+    /// The registry's revision right after the revocation (its instance key's
+    /// deletion), once the revocation has applied.
+    pub revision: Option<Revision>,
 }
 
 impl World {
@@ -692,14 +893,19 @@ impl World {
 /// stopped because a task never waits). Seeds normally take well under a second.
 pub const LIVELOCK_AFTER: Duration = Duration::from_secs(5);
 
-/// Run the simulation of `seed` on a fresh paused current-thread runtime.
+/// Run the simulation of `seed` (a random plan) on a fresh paused
+/// current-thread runtime.
 pub fn run_seed(seed: u64) -> Outcome {
+    run_plan(Plan::from_seed(seed))
+}
+
+/// Run the simulation of `plan` on a fresh paused current-thread runtime.
+pub fn run_plan(plan: Plan) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("a runtime");
-    let plan = Plan::from_seed(seed);
     let reached = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -771,7 +977,7 @@ async fn simulate(plan: Plan, reached: Arc<std::sync::atomic::AtomicU64>) -> Out
     };
     let world = Arc::new(World {
         faults: (0..plan.instances)
-            .map(|s| SlotFaults::new(plan.seed, s))
+            .map(|s| SlotFaults::new(plan.seed, s, plan.may_lag(s)))
             .collect(),
         slots: Mutex::new((0..plan.instances).map(|_| None).collect()),
         epochs: Mutex::new(vec![0; plan.instances]),
@@ -782,7 +988,34 @@ async fn simulate(plan: Plan, reached: Arc<std::sync::atomic::AtomicU64>) -> Out
         history: Arc::new(MemoryHistory::new()),
         driver_log: Mutex::new(Vec::new()),
         revoked: Mutex::new(BTreeMap::new()),
+        deleted: Mutex::new(BTreeMap::new()),
     });
+    {
+        // The registry's own record of deregistrations (for the `REG` check): a
+        // watch on the embedded registry, from before the first instance starts.
+        let mut deletions = memory
+            .watch(keys::INSTANCES.as_bytes(), 0)
+            .await
+            .expect("a watch of the instance keys");
+        let w = world.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = deletions.next().await {
+                let Ok(batch) = batch else {
+                    w.note("the watch of instance keys ended: REG check incomplete".into());
+                    return;
+                };
+                for e in batch {
+                    if e.kind != EventKind::Delete {
+                        continue;
+                    }
+                    if let Some(id) = e.kv.key.strip_prefix(keys::INSTANCES.as_bytes()) {
+                        lock(&w.deleted)
+                            .insert(String::from_utf8_lossy(id).into_owned(), e.revision());
+                    }
+                }
+            }
+        });
+    }
     let cluster = Cluster::new(Arc::new(memory.clone()), Arc::new(clock.clone()));
     for j in &plan.jobs {
         let toml = format!(
@@ -792,12 +1025,13 @@ async fn simulate(plan: Plan, reached: Arc<std::sync::atomic::AtomicU64>) -> Out
         let spec = JobFile::from_toml(&toml).expect("job").jobs.remove(0);
         cluster.create_job(&spec).await.expect("create job");
     }
+    tokio::time::sleep_until(clock.at(plan.start_at)).await;
     for slot in 0..plan.instances {
         world.start(slot);
     }
     for (at, fault) in &plan.faults {
         tokio::time::sleep_until(clock.at(*at)).await;
-        apply(&world, fault);
+        apply(&world, fault).await;
     }
     tokio::time::sleep_until(clock.at(plan.fault_end)).await;
     // Faults stop; every slot that is down comes back.
@@ -841,9 +1075,11 @@ async fn simulate(plan: Plan, reached: Arc<std::sync::atomic::AtomicU64>) -> Out
         stats.delayed += s.delayed;
         stats.held += s.held;
         stats.stalled_keep_alives += s.stalled_keep_alives;
+        stats.lagged_batches += s.lagged_batches;
     }
     let revoked = lock(&world.revoked).clone();
-    let (violations, allowed) = check(&plan, &execs, &revoked);
+    let deleted = lock(&world.deleted).clone();
+    let (violations, allowed) = check(&plan, &execs, &revoked, &deleted);
     let trace = normalize(&execs);
     let driver_log = lock(&world.driver_log).clone();
     Outcome {
@@ -857,7 +1093,45 @@ async fn simulate(plan: Plan, reached: Arc<std::sync::atomic::AtomicU64>) -> Out
     }
 }
 
-fn apply(world: &Arc<World>, fault: &Fault) {
+/// The registry revokes the lease of `slot`'s current identity (if it has one),
+/// in the background; recorded in `world.revoked`.
+fn revoke(world: &Arc<World>, slot: usize) -> bool {
+    let Some(id) = world.identity(slot) else {
+        return false;
+    };
+    let Some(lease) = id
+        .rsplit_once('-')
+        .and_then(|(_, hex)| LeaseId::from_str_radix(hex, 16).ok())
+    else {
+        return false;
+    };
+    world.note(format!("s{slot} lease revoked by the registry ({id})"));
+    lock(&world.revoked).insert(
+        id.clone(),
+        Revocation {
+            at: world.clock.now_ms(),
+            revision: None,
+        },
+    );
+    let w = world.clone();
+    tokio::spawn(async move {
+        let _ = w.memory.lease_revoke(lease).await;
+        let rev = w.memory.current_revision().await.ok();
+        if let Some(r) = lock(&w.revoked).get_mut(&id) {
+            r.revision = rev;
+        }
+    });
+    true
+}
+
+/// The slot whose current identity holds the leader key, if any.
+async fn leader_slot(world: &World) -> Option<usize> {
+    let kv = world.memory.get(&keys::leader()).await.ok()??;
+    let leader = decode::<LeaderInfo>(&kv.key, &kv.value).ok()?.instance;
+    (0..world.plan.instances).find(|s| world.identity(*s).as_deref() == Some(leader.as_str()))
+}
+
+async fn apply(world: &Arc<World>, fault: &Fault) {
     let clock = &world.clock;
     let now = Instant::now();
     match *fault {
@@ -874,18 +1148,7 @@ fn apply(world: &Arc<World>, fault: &Fault) {
             }
         }
         Fault::Revoke { slot } => {
-            if let Some(id) = world.identity(slot)
-                && let Some(lease) = id
-                    .rsplit_once('-')
-                    .and_then(|(_, hex)| LeaseId::from_str_radix(hex, 16).ok())
-            {
-                world.note(format!("s{slot} lease revoked by the registry ({id})"));
-                lock(&world.revoked).insert(id.clone(), world.clock.now_ms());
-                let m = world.memory.clone();
-                tokio::spawn(async move {
-                    let _ = m.lease_revoke(lease).await;
-                });
-            }
+            revoke(world, slot);
         }
         Fault::StallKeepAlive { slot, ms } => {
             world.note(format!("s{slot} keep-alives stall for {ms} ms"));
@@ -894,6 +1157,33 @@ fn apply(world: &Arc<World>, fault: &Fault) {
         Fault::Isolate { slot, ms } => {
             world.note(format!("s{slot} isolated for {ms} ms"));
             world.faults[slot].isolate(now + Duration::from_millis(ms));
+        }
+        Fault::WatchLag { slot, ms } => {
+            world.note(format!("s{slot} watches lag for {ms} ms"));
+            world.faults[slot].lag_watches(now + Duration::from_millis(ms));
+        }
+        Fault::UnregisteredClaimant {
+            isolate_ms,
+            lag_ms,
+            stall_ms,
+        } => {
+            let Some(leader) = leader_slot(world).await else {
+                world.note("unregistered claimant: no leader now; skipped".into());
+                return;
+            };
+            let Some(victim) =
+                (0..world.plan.instances).find(|s| *s != leader && world.identity(*s).is_some())
+            else {
+                world.note("unregistered claimant: no other live instance; skipped".into());
+                return;
+            };
+            world.note(format!(
+                "unregistered claimant: leader s{leader} isolated for {isolate_ms} ms; s{victim}'s watches lag for {lag_ms} ms and its keep-alives stall for {stall_ms} ms"
+            ));
+            world.faults[leader].isolate(now + Duration::from_millis(isolate_ms));
+            world.faults[victim].lag_watches(now + Duration::from_millis(lag_ms));
+            world.faults[victim].stall_keep_alives(now + Duration::from_millis(stall_ms));
+            revoke(world, victim);
         }
         Fault::Flaky {
             slot,
@@ -932,6 +1222,14 @@ fn show(e: &Exec) -> String {
 
 /// The invariant violations in a log of executions, and the overlaps allowed.
 ///
+/// Besides the invariants of the executions (I1, I2, I4, I5), one rule is
+/// checked on the registry's history: `REG`, DESIGN section 5's "a claim must
+/// prove that its claimant is still registered" (the registration compare of
+/// every claim and takeover). An execution's token is the revision at which its
+/// claim or takeover committed, and `deleted` holds the revision at which each
+/// identity's instance key was deleted; an execution whose token is above its
+/// identity's deletion revision was claimed by an unregistered identity.
+///
 /// One overlap is allowed, within a bound: a lease revoked by the registry before
 /// its holder's deadline (the `Revoke` fault: an operator's revoke, not an
 /// expiry, which never comes before the holder's own deadline) is noticed by the
@@ -940,24 +1238,43 @@ fn show(e: &Exec) -> String {
 /// may then overlap the failover run until the holder fences itself, at the
 /// latest at its lease's local deadline (revocation + TTL - fence margin). That
 /// overlap is allowed (and reported as such) when the earlier run belongs to
-/// the revoked identity, the later one started after the revocation, and the
-/// earlier one was cancelled by that deadline. Everything else is a violation.
+/// the revoked identity and was claimed before the revocation (its token is
+/// below the revocation's revision: a run claimed after it is what the
+/// registration compare prevents), the later one started after the revocation,
+/// and the earlier one was cancelled by that deadline. Everything else is a
+/// violation.
 pub fn check(
     plan: &Plan,
     execs: &[Exec],
-    revoked: &BTreeMap<String, u64>,
+    revoked: &BTreeMap<String, Revocation>,
+    deleted: &BTreeMap<String, Revision>,
 ) -> (Vec<String>, Vec<String>) {
     let mut out = Vec::new();
     let mut allowed = Vec::new();
     let ttl = config(0).lease_ttl.saturating_sub(config(0).fence_margin);
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let within_revocation_limit = |later: &Exec, earlier: &Exec| {
-        revoked.get(&earlier.instance).is_some_and(|&r| {
-            later.start >= r
+        revoked.get(&earlier.instance).is_some_and(|r| {
+            r.revision.is_some_and(|rev| earlier.token < rev)
+                && later.start >= r.at
                 && earlier.how == "cancelled"
-                && earlier.end.is_some_and(|end| end <= r + ttl_ms)
+                && earlier.end.is_some_and(|end| end <= r.at + ttl_ms)
         })
     };
+    // REG: no claim or takeover commits after its identity's instance key was
+    // deleted.
+    for e in execs {
+        if let Some(&gone) = deleted.get(&e.instance)
+            && e.token > gone
+        {
+            out.push(format!(
+                "REG claim by an unregistered identity: {} committed at revision {}, after {}'s instance key was deleted at revision {gone}",
+                show(e),
+                e.token,
+                e.instance
+            ));
+        }
+    }
     let mut by_item: BTreeMap<(String, u32), Vec<&Exec>> = BTreeMap::new();
     for e in execs {
         by_item.entry((e.job.clone(), e.item)).or_default().push(e);
@@ -1089,10 +1406,15 @@ impl Outcome {
     pub fn report(&self, with_trace: bool) -> String {
         let mut s = String::new();
         let p = &self.plan;
+        let scenario = match p.scenario {
+            Scenario::Random => String::new(),
+            other => format!("SHARDCRON_SIM_SCENARIO={} ", other.name()),
+        };
         let _ = writeln!(
             s,
-            "seed {}: {} instances, jobs {:?}, {} faults until {} ms, end {} ms; replay: SHARDCRON_SIM_SEED={} cargo nextest run -p shardcron-runtime --test simulation replay",
+            "seed {} ({} plan): {} instances, jobs {:?}, {} faults until {} ms, end {} ms; replay: {scenario}SHARDCRON_SIM_SEED={} cargo nextest run -p shardcron-runtime --test simulation replay",
             p.seed,
+            p.scenario.name(),
             p.instances,
             p.jobs
                 .iter()
