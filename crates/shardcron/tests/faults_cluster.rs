@@ -375,18 +375,17 @@ fn shard_count_changed_during_kills_and_joins() {
 }
 
 /// Scenario 4: 1,000 cron jobs x 4 items (one fire a minute each, spread over the
-/// seconds of the minute: ~67 runs a second) on 3 agents for 3 minutes. No agent
+/// seconds of the minute: ~67 runs a second) on 3 agents for 5 minutes. No agent
 /// logs a transaction over etcd's limit, every fire of every job in the window ran
 /// exactly once, and I1, I2 and I4 hold over all runs.
-/// Ignored in CI for now: in the first full CI run it reported 2,608
-/// NotInHistory violations (runs that completed in the witness log, all on one
-/// agent and in the last seconds of the window, with no history record yet) on
-/// top of clean I1-I4, while it had passed twice when it was written. Either the
-/// history writer of a busy agent lags behind (shared SQLite, three writers) and
-/// the check reads too early, or records are lost; to be settled (issue 10).
-/// Run it with `--run-ignored all`.
+///
+/// The history is read for every identity that appears in the witness log, not
+/// only the three the agents started under: an agent starved of CPU may fence
+/// itself and register again under a new identity (the first CI run reported
+/// 2,608 NotInHistory violations, all runs of one agent after such a change,
+/// because the history was read by the start identities only). Identity changes
+/// are printed.
 #[test]
-#[ignore = "NotInHistory at the end of the window in CI: history lag or loss under investigation (issue 10)"]
 fn a_thousand_jobs_on_three_agents() {
     const JOBS: usize = 1_000;
     const ITEMS: u32 = 4;
@@ -445,7 +444,7 @@ fn a_thousand_jobs_on_three_agents() {
         secs(t_first - t_ready)
     );
     let from = t_first;
-    let to = from + 180 * SEC;
+    let to = from + 300 * SEC;
     while now_ns() < to + 15 * SEC {
         std::thread::sleep(Duration::from_secs(1));
         let live = c.live_names();
@@ -468,7 +467,13 @@ fn a_thousand_jobs_on_three_agents() {
         "a transaction over etcd's limit: {over:#?}"
     );
     let log = c.log();
-    let history = history_all(&c, &ids);
+    let identities: BTreeSet<String> = log.runs.iter().map(|r| r.instance.clone()).collect();
+    let new_identities: Vec<&String> = identities.difference(&ids).collect();
+    eprintln!(
+        "thousand jobs: {} identities ran jobs; registered again during the run: {new_identities:?}",
+        identities.len()
+    );
+    let history = history_all(&c, &identities.union(&ids).cloned().collect(), ITEMS);
     let report = check(
         &log,
         &history,
@@ -483,17 +488,20 @@ fn a_thousand_jobs_on_three_agents() {
         },
     );
     assert_clean(&c, "1,000 jobs", &report);
-    let per_instance: Vec<(String, usize)> = ids
-        .iter()
-        .map(|id| {
+    let per_instance: Vec<(String, usize)> = ["n1", "n2", "n3"]
+        .into_iter()
+        .map(|name| {
             (
-                id.clone(),
-                log.runs.iter().filter(|r| &r.instance == id).count(),
+                name.to_string(),
+                log.runs
+                    .iter()
+                    .filter(|r| Cluster::name_of(&r.instance) == name)
+                    .count(),
             )
         })
         .collect();
-    for (id, n) in &per_instance {
-        assert!(*n > 0, "{id} ran nothing: {per_instance:?}");
+    for (name, n) in &per_instance {
+        assert!(*n > 0, "agent {name} ran nothing: {per_instance:?}");
     }
     let lateness: Vec<i64> = {
         let mut v: Vec<i64> = log.runs.iter().map(|r| r.start_ns - r.fire_ns).collect();

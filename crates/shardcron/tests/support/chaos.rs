@@ -254,10 +254,14 @@ pub(crate) fn history_where(c: &Cluster, args: &[&str]) -> Vec<HistoryRow> {
     rows
 }
 
-/// Every history record, when there may be more than 10,000: one query per
-/// instance id in `instances` and one for records without an instance, merged by
-/// id.
-pub(crate) fn history_all(c: &Cluster, instances: &BTreeSet<String>) -> Vec<HistoryRow> {
+/// Every history record, when there may be more than 10,000 (the history
+/// command's row limit): one query per instance id in `instances` and item in
+/// `0..items`, and one per status for records without an instance, merged by id.
+pub(crate) fn history_all(
+    c: &Cluster,
+    instances: &BTreeSet<String>,
+    items: u32,
+) -> Vec<HistoryRow> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let mut add = |rows: Vec<HistoryRow>| {
@@ -268,7 +272,12 @@ pub(crate) fn history_all(c: &Cluster, instances: &BTreeSet<String>) -> Vec<Hist
         }
     };
     for id in instances {
-        add(history_where(c, &["--instance", id]));
+        for item in 0..items {
+            add(history_where(
+                c,
+                &["--instance", id, "--item", &item.to_string()],
+            ));
+        }
     }
     add(history_where(c, &["--status", "SKIPPED"]));
     add(history_where(c, &["--status", "LOST"]));
