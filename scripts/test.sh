@@ -16,12 +16,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # System packages the tests start for real: etcd (the registry), protoc (etcd-client's
 # build), MariaDB (history store tests), Chromium (the console's browser tests drive
-# it headless). PostgreSQL 15 comes with the machine.
+# it headless), libfaketime (a skewed agent clock), iproute2 (`ip netns` and veth
+# pairs for the partition test; the tests need root). PostgreSQL 15 comes with the
+# machine.
 ensure_pkg etcd etcd-server
 ensure_pkg protoc protobuf-compiler
 ensure_pkg mariadbd mariadb-server
 ensure_pkg chromium chromium
 ensure_pkg faketime faketime
+ensure_pkg ip iproute2
 
 if ! need_cmd cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
