@@ -454,6 +454,16 @@ fn a_thousand_jobs_on_three_agents() {
     c.stop_all();
 
     let logs = all_agent_logs(&c);
+    // A history writer that fell behind (three agents on one SQLite file) leaves
+    // what it could not write within its shutdown timeout in its spool, written at
+    // its next start: the check below would see those runs as NotInHistory. Say so
+    // first, so that such a report explains itself.
+    for l in logs
+        .lines()
+        .filter(|l| l.contains("events in the spool") || l.contains("history store write stalled"))
+    {
+        eprintln!("thousand jobs: history writer: {l}");
+    }
     let over: Vec<&str> = logs
         .lines()
         .filter(|l| {

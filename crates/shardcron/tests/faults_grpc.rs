@@ -31,22 +31,19 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use shardcron_testkit::GrpcProxy;
 use shardcron_testkit::grpc_proxy::{KV_TXN, LEASE_KEEP_ALIVE};
-use support::{Cluster, Expect, Report, grid, now_ns, rfc3339_ns, wait_full_fires};
+use support::faults::{
+    CATCH_UP, MS, SEC, TTL, agent_log, etcd_addr, log_event, ms, sleep_past,
+    start_and_pick_a_victim,
+};
+use support::{Cluster, Expect, grid, now_ns, ns, summary, wait_full_fires};
 
-const SEC: i64 = 1_000_000_000;
-const MS: i64 = 1_000_000;
-/// The agents' lease TTL (the harness's `--lease-ttl`, etcd's minimum).
-const TTL: Duration = Duration::from_secs(2);
 /// The agents' fence margin: `shardcron agent` uses max(TTL / 5, 200 ms).
 const FENCE_MARGIN: Duration = Duration::from_millis(400);
-const CATCH_UP: &str = r#"{ policy = "catch_up", max = 50 }"#;
 /// What the fence logs.
 const FENCING: &str = "fencing: the lease can no longer be trusted";
 
@@ -62,24 +59,8 @@ fn job(name: &str, every_s: u64, shards: u32, run_s: &str) -> String {
     )
 }
 
-fn ms(d: i64) -> i64 {
-    d / MS
-}
-
-fn ns(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).expect("ns fit i64")
-}
-
 fn system_ns(t: std::time::SystemTime) -> i64 {
     ns(t.duration_since(UNIX_EPOCH).expect("after 1970"))
-}
-
-/// etcd's client address.
-fn etcd_addr(c: &Cluster) -> SocketAddr {
-    c.etcd.endpoints()[0]
-        .trim_start_matches("http://")
-        .parse()
-        .expect("etcd endpoint")
 }
 
 /// One proxy per agent name, each agent's registry URL pointing at its proxy.
@@ -113,41 +94,9 @@ fn poll_health(c: &mut Cluster, name: &str, status: u16, timeout: Duration) -> i
     }
 }
 
-/// The agent's log (all of it).
-fn agent_log(c: &mut Cluster, name: &str) -> String {
-    let i = c.live(name).expect("agent runs");
-    fs::read_to_string(&c.agents[i].log).unwrap_or_default()
-}
-
-/// The timestamp of an agent log line, and the line, for the first line after
-/// `from` (a byte offset) that contains `needle`.
-fn log_event(log: &str, from: usize, needle: &str) -> Option<(i64, String)> {
-    log[from..]
-        .lines()
-        .find(|l| l.contains(needle))
-        .and_then(|l| Some((rfc3339_ns(l.split(' ').next()?)?, l.to_string())))
-}
-
 /// Lines of `log` after `from` containing `needle`.
 fn count_lines(log: &str, from: usize, needle: &str) -> usize {
     log[from..].lines().filter(|l| l.contains(needle)).count()
-}
-
-/// Check the invariants; every violation fails the scenario.
-fn check_clean(c: &Cluster, expect: &Expect) -> Report {
-    c.check(expect)
-}
-
-fn summary(test: &str, started: Instant, report: &Report) {
-    eprintln!(
-        "{test}: {} runs, {} (fire, item) pairs checked, {} SKIPPED on record, {} violation(s), \
-         in {:.1} s",
-        report.runs,
-        report.fires_checked,
-        report.skipped_fires,
-        report.violations.len(),
-        started.elapsed().as_secs_f64()
-    );
 }
 
 /// Sleep until `ms_before` milliseconds before the next fire instant of `job`
@@ -212,15 +161,7 @@ fn keepalive_stall(test: &str, how: Stall) {
     let mut c = Cluster::new(test, &job("grid", 2, 6, "1"));
     let names = ["n1", "n2", "n3"];
     let proxies = proxies(&mut c, &names);
-    c.start(&names);
-    let t_ready = now_ns();
-    let leader = c.wait_leader(None, Duration::from_secs(20));
-    wait_full_fires(&mut c, "grid", 6, t_ready, 2, 60);
-
-    let victim = names
-        .into_iter()
-        .find(|n| *n != leader)
-        .expect("a non-leader");
+    let (t_ready, victim) = start_and_pick_a_victim(&mut c, &names, "grid", 6);
     let old_id = c.instance(victim);
     let proxy = &proxies[victim];
     let before = proxy.stats();
@@ -306,13 +247,7 @@ fn keepalive_stall(test: &str, how: Stall) {
     );
 
     // Hold the stall for 3 x TTL in all; then release it.
-    let stall_for = 3 * ns(TTL);
-    let elapsed = now_ns() - t_stall;
-    if elapsed < stall_for {
-        thread::sleep(Duration::from_nanos(
-            u64::try_from(stall_for - elapsed).expect("ns"),
-        ));
-    }
+    sleep_past(t_stall, 3 * TTL);
     let during = proxy.stats();
     let log_text = agent_log(&mut c, victim);
     let fences: Vec<&str> = log_text[log_from..]
@@ -419,16 +354,13 @@ fn keepalive_stall(test: &str, how: Stall) {
     );
     let t_stop = now_ns();
     c.stop_all();
-    let report = check_clean(
-        &c,
-        &Expect {
-            jobs: vec![grid("grid", 2, 6)],
-            from_ns: t_ready,
-            to_ns: t_stop - 3 * SEC,
-            allow_skipped: false,
-            killed: BTreeSet::new(),
-        },
-    );
+    let report = c.check(&Expect {
+        jobs: vec![grid("grid", 2, 6)],
+        from_ns: t_ready,
+        to_ns: t_stop - 3 * SEC,
+        allow_skipped: false,
+        killed: BTreeSet::new(),
+    });
     summary(test, started, &report);
 }
 
@@ -553,16 +485,13 @@ fn ambiguous_commits_are_adopted_and_never_claimed_twice() {
     );
     let t_stop = now_ns();
     c.stop_all();
-    let report = check_clean(
-        &c,
-        &Expect {
-            jobs: vec![grid("grid", 2, 6)],
-            from_ns: t_ready,
-            to_ns: t_stop - 3 * SEC,
-            allow_skipped: false,
-            killed: BTreeSet::new(),
-        },
-    );
+    let report = c.check(&Expect {
+        jobs: vec![grid("grid", 2, 6)],
+        from_ns: t_ready,
+        to_ns: t_stop - 3 * SEC,
+        allow_skipped: false,
+        killed: BTreeSet::new(),
+    });
     summary("ambiguous commits", started, &report);
 }
 
@@ -610,15 +539,12 @@ fn a_lost_answer_of_a_skip_still_records_the_skipped_fire() {
     wait_full_fires(&mut c, "slow", 1, t_lost, 2, 60);
     let t_stop = now_ns();
     c.stop_all();
-    let report = check_clean(
-        &c,
-        &Expect {
-            jobs: vec![grid("slow", 2, 1)],
-            from_ns: t_ready,
-            to_ns: t_stop - 4 * SEC,
-            allow_skipped: true,
-            killed: BTreeSet::new(),
-        },
-    );
+    let report = c.check(&Expect {
+        jobs: vec![grid("slow", 2, 1)],
+        from_ns: t_ready,
+        to_ns: t_stop - 4 * SEC,
+        allow_skipped: true,
+        killed: BTreeSet::new(),
+    });
     summary("lost skip answer", started, &report);
 }

@@ -33,20 +33,17 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use shardcron_testkit::Netns;
-use support::{Cluster, Expect, Report, Run, grid, job, now_ns, wait_full_fires};
+use support::faults::{
+    CATCH_UP, SEC, TTL, agent_log, assert_still_fenced, between_runs, etcd_addr, ms, sleep_past,
+    start_and_pick_a_victim, wait_fire_without, wait_health,
+};
+use support::{Cluster, Expect, grid, job, now_ns, summary, wait_full_fires};
 
-const SEC: i64 = 1_000_000_000;
-const MS: i64 = 1_000_000;
-/// The agents' lease TTL (the harness's `--lease-ttl`, etcd's minimum).
-const TTL: Duration = Duration::from_secs(2);
-const CATCH_UP: &str = r#"{ policy = "catch_up", max = 50 }"#;
 /// The longest the victim may take, after the heal, to be healthy again. Its
 /// etcd client must notice a dead connection on its own; a bound of a few
 /// keep-alive periods would hide a client that only recovers by luck.
@@ -59,61 +56,6 @@ fn partition_length() -> Duration {
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .map_or(3 * TTL, |s| Duration::from_secs_f64(s).max(3 * TTL))
-}
-
-fn ms(d: i64) -> i64 {
-    d / MS
-}
-
-/// Wait until no run of `job` (every `every_s` seconds) is in flight, the last one
-/// ended at least 300 ms ago, and the time is `phase_ms` after a fire instant;
-/// returns a fire instant.
-///
-/// The 300 ms: the witness logs a run's end before its agent records the
-/// completion in etcd. A cut in between leaves the run key behind, the run is
-/// failed over and runs twice (the known product bug of the ignored test in
-/// `faults.rs`); the proxy scenario there hit it once in this session, cut 7 ms
-/// after a witness `end`.
-fn between_runs(c: &mut Cluster, job: &str, every_s: i64, phase_ms: std::ops::Range<i64>) -> i64 {
-    c.wait_for(
-        &format!("a moment between runs of {job}"),
-        Duration::from_secs(40),
-        |c| {
-            let log = c.log();
-            let anchor = log.of_job(job).map(|r| r.fire_ns).max()?;
-            let phase = (now_ns() - anchor).rem_euclid(every_s * SEC) / MS;
-            let last_end = log.of_job(job).filter_map(|r| r.end_ns).max()?;
-            let idle = log.of_job(job).all(Run::ended) && now_ns() - last_end >= 300 * MS;
-            (idle && phase_ms.contains(&phase)).then_some(anchor)
-        },
-    )
-}
-
-/// Wait (up to `timeout`) until the agent `name` answers /health with `status`
-/// (and, for 200, an instance id other than `not`); returns the instance id.
-fn wait_health(
-    c: &mut Cluster,
-    name: &str,
-    status: u16,
-    not: Option<&str>,
-    timeout: Duration,
-) -> Option<String> {
-    c.wait_for(
-        &format!("agent {name} to answer /health with {status}"),
-        timeout,
-        |c| {
-            let i = c.live(name)?;
-            let h = c.agents[i].health()?;
-            (h.status == status && (status != 200 || h.instance.as_deref() != not))
-                .then_some(h.instance)
-        },
-    )
-}
-
-/// The log of the running agent `name` (all of it).
-fn agent_log(c: &mut Cluster, name: &str) -> String {
-    let i = c.live(name).expect("agent runs");
-    fs::read_to_string(&c.agents[i].log).unwrap_or_default()
 }
 
 /// Established TCP connections, seen from inside `ns`, to `host_ip`:`port`
@@ -138,14 +80,6 @@ fn connections_to(ns: &Netns, host_ip: Ipv4Addr, port: u16) -> usize {
         .count()
 }
 
-/// The port etcd serves clients on (its only member).
-fn etcd_port(c: &Cluster) -> u16 {
-    c.etcd.endpoints()[0]
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("etcd endpoint port")
-}
-
 /// Lines of `log` after byte `from` at WARN or ERROR level.
 fn warnings(log: &str, from: usize) -> Vec<String> {
     log.get(from..)
@@ -156,16 +90,6 @@ fn warnings(log: &str, from: usize) -> Vec<String> {
         .collect()
 }
 
-fn summary(test: &str, started: Instant, report: &Report) {
-    eprintln!(
-        "{test}: {} runs, {} (fire, item) pairs checked, {} SKIPPED on record, in {:.1} s",
-        report.runs,
-        report.fires_checked,
-        report.skipped_fires,
-        started.elapsed().as_secs_f64()
-    );
-}
-
 /// One agent partitioned from etcd (a real, silent partition) for 3 x TTL, then
 /// healed: it fences, its items move, it rejoins and runs items again within
 /// [`RECOVERY_BOUND`] of the heal (I1, I3, I5).
@@ -174,16 +98,8 @@ fn a_netns_partitioned_agent_fences_its_items_move_and_it_rejoins_after_the_heal
     let started = Instant::now();
     let names = ["n1", "n2", "n3"];
     let mut c = Cluster::with_netns("netns-partition", &job("grid", 2, 6, "1", CATCH_UP), &names);
-    let port = etcd_port(&c);
-    c.start(&names);
-    let t_ready = now_ns();
-    let leader = c.wait_leader(None, Duration::from_secs(20));
-    wait_full_fires(&mut c, "grid", 6, t_ready, 2, 60);
-
-    let victim = names
-        .into_iter()
-        .find(|n| *n != leader)
-        .expect("a non-leader");
+    let port = etcd_addr(&c).port();
+    let (t_ready, victim) = start_and_pick_a_victim(&mut c, &names, "grid", 6);
     let old_id = c.instance(victim);
     let ns = c.netns_for[victim].clone();
     let etcd_at = SocketAddr::from((ns.host_ip(), port));
@@ -193,7 +109,7 @@ fn a_netns_partitioned_agent_fences_its_items_move_and_it_rejoins_after_the_heal
         "the victim talks to etcd at {etcd_at} through its veth"
     );
     // Cut between runs: a run that ends while its agent is cut off (before the
-    // fence) is run again afterwards (faults.rs, the ignored test).
+    // fence) is run again afterwards (see `between_runs`).
     between_runs(&mut c, "grid", 2, 1100..1600);
     let log_offset = agent_log(&mut c, victim).len();
     let t_cut = now_ns();
@@ -214,49 +130,11 @@ fn a_netns_partitioned_agent_fences_its_items_move_and_it_rejoins_after_the_heal
     );
 
     // Its items move: a fire after the cut completes on all items without it.
-    let moved = c.wait_for(
-        "a fire completed on all items without the victim",
-        Duration::from_secs(30),
-        |c| {
-            let log = c.log();
-            log.completed("grid")
-                .range(t_cut..)
-                .filter(|(_, items)| items.len() == 6)
-                .map(|(f, _)| *f)
-                .find(|f| {
-                    log.of_job("grid")
-                        .filter(|r| r.fire_ns == *f)
-                        .all(|r| Cluster::name_of(&r.instance) != victim)
-                })
-                .map(|f| {
-                    let runs = log.of_job("grid").filter(|r| r.fire_ns == f);
-                    let last_start = runs.map(|r| r.start_ns).max().unwrap_or(f);
-                    (f, last_start)
-                })
-        },
-    );
-    let elapsed = now_ns() - t_cut;
-    let partition = i64::try_from(partition_length().as_nanos()).expect("ns");
-    if elapsed < partition {
-        thread::sleep(Duration::from_nanos(
-            u64::try_from(partition - elapsed).expect("ns"),
-        ));
-    }
+    let moved = wait_fire_without(&mut c, "grid", 6, victim, t_cut);
+    sleep_past(t_cut, partition_length());
     // Still partitioned: no run of the victim started after it fenced, it still
     // says 503, and it still cannot reach etcd.
-    let during = c
-        .log()
-        .runs
-        .iter()
-        .filter(|r| Cluster::name_of(&r.instance) == victim && r.start_ns > t_fenced)
-        .count();
-    assert_eq!(during, 0, "the fenced victim started runs while cut off");
-    let vi = c.live(victim).expect("victim runs");
-    assert_eq!(
-        c.agents[vi].health().map(|h| h.status),
-        Some(503),
-        "still fenced at the end of the partition"
-    );
+    assert_still_fenced(&mut c, victim, t_fenced);
     assert!(ns.is_cut(), "the link is still cut: {}", ns.neighbours());
     let cut_log = agent_log(&mut c, victim);
     let complaints = warnings(&cut_log, log_offset);
@@ -268,17 +146,8 @@ fn a_netns_partitioned_agent_fences_its_items_move_and_it_rejoins_after_the_heal
     let heal_offset = cut_log.len();
     let t_heal = now_ns();
     ns.heal();
-    let new_id = c.wait_for(
-        "the victim to be healthy under a new identity after the heal",
-        Duration::from_secs(90),
-        |c| {
-            let i = c.live(victim)?;
-            let h = c.agents[i].health()?;
-            (h.status == 200 && h.instance.as_deref() != Some(old_id.as_str()))
-                .then_some(h.instance)
-                .flatten()
-        },
-    );
+    let new_id = wait_health(&mut c, victim, 200, Some(&old_id), Duration::from_secs(90))
+        .expect("a healthy agent reports its instance id");
     let t_rejoined = now_ns();
     assert_ne!(new_id, old_id, "it rejoins under a new identity");
     ns.connect(etcd_at, Duration::from_secs(2))
